@@ -1,0 +1,50 @@
+"""Every error the bridge raises on purpose, in one hierarchy.
+
+The ingress maps each class to one HTTP status and one metric reason; nothing else does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class BridgeError(Exception):
+    """Base of all bridge errors."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One validation problem: where (a dotted path into the payload) and why."""
+
+    location: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}" if self.location else self.message
+
+
+class InvalidEventError(BridgeError):
+    """Bytes that are not a valid Apizee event: answered 400, raw body kept on the DLQ.
+
+    `kind` is a bounded label for metrics and DLQ headers: `invalid_json` when the bytes
+    are not JSON at all, `invalid_envelope` when the shape or a field is wrong.
+    """
+
+    MAX_REASON_CHARS = 2000
+
+    def __init__(self, kind: str, problems: list[Problem]) -> None:
+        self.kind = kind
+        self.problems = tuple(problems)
+        reason = "; ".join(str(p) for p in problems) or kind
+        if len(reason) > self.MAX_REASON_CHARS:
+            reason = reason[: self.MAX_REASON_CHARS - 3] + "..."
+        self.reason = reason
+        super().__init__(reason)
+
+
+class CodecError(BridgeError):
+    """An event could not be encoded or a record could not be decoded."""
+
+
+class UnknownSchemaError(CodecError):
+    """A record names a schema (fingerprint or registry id) this codec does not hold."""
