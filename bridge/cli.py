@@ -3,11 +3,62 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bridge import __version__
+
+if TYPE_CHECKING:
+    from bridge.config import BridgeSettings
+
+# Exit status for an unusable configuration (sysexits' EX_USAGE is 64; 2 is argparse's).
+EXIT_CONFIG = 2
+
+
+def _load_settings_or_exit(**overrides: Any) -> BridgeSettings:
+    from bridge.config import ConfigError, load_settings
+
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        print(f"apizee-bridge: invalid configuration:\n{exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from bridge.app import run, run_workers
+
+    overrides: dict[str, Any] = {}
+    if args.workers is not None:
+        overrides["ingress"] = {"workers": args.workers}
+    settings = _load_settings_or_exit(**overrides)
+    if settings.ingress.workers > 1:
+        return run_workers(settings, settings.ingress.workers)
+    run(settings)
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from bridge.config import env_var_docs, redacted_dump
+
+    if args.env_docs:
+        print("| Variable | Default | Meaning |")
+        print("|---|---|---|")
+        for name, default, doc in env_var_docs():
+            print(f"| `{name}` | `{default}` | {doc} |")
+        return 0
+    settings = _load_settings_or_exit()
+    print(json.dumps(redacted_dump(settings), indent=2, default=str))
+    return 0
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from bridge.dev import run_dev
+
+    return run_dev()
 
 
 def _cmd_schemas(args: argparse.Namespace) -> int:
@@ -32,10 +83,49 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="apizee-bridge",
-        description="Streams Apizee session events into Kafka.",
+        description=(
+            "Streams Apizee session events into Kafka. Configuration comes from BRIDGE_* "
+            "environment variables and an optional TOML file (BRIDGE_CONFIG_FILE); "
+            "see `apizee-bridge config --env-docs`."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the webhook ingress and publisher",
+        description="Serve webhooks on the public port and metrics/probes on the admin port "
+        "until SIGTERM; exit 2 on invalid configuration.",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="N processes sharing the ports with SO_REUSEPORT (default BRIDGE_INGRESS_WORKERS)",
+    )
+    run.set_defaults(func=_cmd_run)
+
+    config = sub.add_parser(
+        "config",
+        help="print the effective configuration, secrets redacted",
+        description="Validate the configuration and print it as JSON with secrets redacted; "
+        "exit 2 if it is invalid.",
+    )
+    config.add_argument(
+        "--env-docs",
+        action="store_true",
+        help="print every environment variable with its default and meaning (Markdown)",
+    )
+    config.set_defaults(func=_cmd_config)
+
+    dev = sub.add_parser(
+        "dev",
+        help="run a local broker, the bridge and a console consumer (what `make run` does)",
+        description="Start the embedded tansu broker (unless BRIDGE_KAFKA_BOOTSTRAP_SERVERS "
+        "is set), the bridge with a generated token, and print each event landing in Kafka.",
+    )
+    dev.set_defaults(func=_cmd_dev)
 
     schemas = sub.add_parser(
         "schemas",

@@ -48,3 +48,33 @@ class CodecError(BridgeError):
 
 class UnknownSchemaError(CodecError):
     """A record names a schema (fingerprint or registry id) this codec does not hold."""
+
+
+class PublishError(BridgeError):
+    """Kafka did not acknowledge a record: answered 503 so that the sender retries.
+
+    `kind` is a bounded label: `kafka_unavailable` (not connected, or the cluster refused),
+    `publish_timeout` (no acknowledgement within the publish timeout).
+    """
+
+    kind = "kafka_unavailable"
+
+
+class KafkaUnavailableError(PublishError):
+    """The producer is not connected, or Kafka answered with an error."""
+
+    kind = "kafka_unavailable"
+
+
+class PublishTimeoutError(PublishError):
+    """No acknowledgement within the publish timeout; the record may still land later."""
+
+    kind = "publish_timeout"
+
+
+class UnsupportedMediaTypeError(BridgeError):
+    """The webhook's Content-Type is not application/json: answered 415, not stored."""
+
+
+class BodyTooLargeError(BridgeError):
+    """The webhook body exceeds the configured limit: answered 413, not stored."""

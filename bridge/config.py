@@ -1,0 +1,675 @@
+"""The bridge's one config tree: env vars `BRIDGE_<SECTION>_<FIELD>`, an optional TOML file and
+`*_file` secrets, validated once at start-up with messages that name the variable to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+from bridge.errors import BridgeError
+
+ENV_PREFIX = "BRIDGE_"
+CONFIG_FILE_ENV = "BRIDGE_CONFIG_FILE"
+REDACTED = "**********"
+
+# Kafka refuses topic names over 249 chars. The prefix is followed by "." and a suffix the
+# bridge owns (a category such as "mediaDevice", "unknown", "dlq", "bridge-state"); suffixes
+# are kept to TOPIC_SUFFIX_MAX_CHARS so that any legal prefix yields legal topic names.
+KAFKA_TOPIC_MAX_CHARS = 249
+TOPIC_SUFFIX_MAX_CHARS = 32
+TOPIC_PREFIX_MAX_CHARS = KAFKA_TOPIC_MAX_CHARS - 1 - TOPIC_SUFFIX_MAX_CHARS
+_TOPIC_PREFIX_RE = re.compile(r"[a-zA-Z0-9._-]+")
+
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - compared, not bound
+
+
+class ConfigError(BridgeError):
+    """The configuration is unusable; the message has one line per problem, naming the variable."""
+
+
+def _blank_to_none(value: object) -> object:
+    # Helm charts and compose files render unset values as empty strings: treat them as unset.
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+OptionalStr = Annotated[str | None, BeforeValidator(_blank_to_none)]
+OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_to_none)]
+OptionalPath = Annotated[Path | None, BeforeValidator(_blank_to_none)]
+OptionalFile = Annotated[FilePath | None, BeforeValidator(_blank_to_none)]
+
+
+def env_name(*path: str) -> str:
+    """The env variable for a dotted config path: `env_name("kafka", "linger_ms")`."""
+    return ENV_PREFIX + "_".join(path).upper()
+
+
+def _problem(section: str, field: str, message: str) -> PydanticCustomError:
+    # `field` travels in the error context so that ConfigError can name the variable even for
+    # errors raised by a model validator, whose location is the section, not the field. The
+    # message goes in the context too: as the template, a "{" in a path would break formatting.
+    return PydanticCustomError(
+        "config_invalid", "{message}", {"message": message, "field": field, "section": section}
+    )
+
+
+def _secret_file_field(secret: str, section: str) -> Any:
+    return Field(
+        default=None,
+        description=(
+            f"File holding {section}.{secret} (e.g. a mounted Kubernetes secret), read at start-up"
+            f"; one trailing newline is stripped. Mutually exclusive with"
+            f" {env_name(section, secret)}."
+        ),
+    )
+
+
+class _Section(BaseModel):
+    """A config section: unknown keys are refused so that a misspelt variable fails loudly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    SECTION: ClassVar[str]
+    SECRET_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def _resolve_secret_files(self) -> None:
+        """Fill each secret `x` from `x_file` when that is set."""
+        for name in self.SECRET_FIELDS:
+            path: Path | None = getattr(self, f"{name}_file")
+            if path is None:
+                continue
+            file_var = env_name(self.SECTION, f"{name}_file")
+            if getattr(self, name) is not None:
+                raise _problem(
+                    self.SECTION,
+                    f"{name}_file",
+                    f"set either {env_name(self.SECTION, name)} or {file_var}, not both",
+                )
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                # strerror only: the exception text of a decode error quotes the content.
+                why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise _problem(
+                    self.SECTION, f"{name}_file", f"cannot read secret file {path}: {why}"
+                ) from None
+            text = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+            if not text:
+                raise _problem(self.SECTION, f"{name}_file", f"secret file {path} is empty")
+            setattr(self, name, SecretStr(text))
+
+
+class KafkaSettings(_Section):
+    """How the bridge reaches the Kafka cluster and which topics it writes."""
+
+    SECTION = "kafka"
+    SECRET_FIELDS = ("sasl_password", "ssl_key_password")
+
+    # acks is deliberately not configurable: it is always "all". The HTTP contract answers 200
+    # only once the event is durable on every in-sync replica, and the idempotent producer
+    # requires acks=all anyway; a weaker setting would turn a broker failover into silent loss.
+
+    bootstrap_servers: str = Field(
+        default="localhost:9092",
+        min_length=1,
+        description="Comma-separated host:port list of Kafka brokers to bootstrap from.",
+    )
+    topic_prefix: str = Field(
+        default="apizee.session-events",
+        description=(
+            "Prefix of every topic the bridge writes: `{prefix}.{category}`, `{prefix}.unknown`,"
+            f" `{{prefix}}.dlq`, `{{prefix}}.bridge-state`. Letters, digits, `.`, `_`, `-`; at"
+            f" most {TOPIC_PREFIX_MAX_CHARS} characters."
+        ),
+    )
+    client_id: str = Field(
+        default="apizee-kafka-bridge",
+        min_length=1,
+        description="Kafka client id, shown in broker logs and quotas.",
+    )
+    enable_idempotence: bool = Field(
+        default=True,
+        description=(
+            "Idempotent producer: broker-side dedupe of retried batches, per-partition order"
+            " kept across retries. Turn off only for brokers that lack it."
+        ),
+    )
+    linger_ms: int = Field(
+        default=5,
+        ge=0,
+        description="How long the producer waits to fill a batch before sending it (ms).",
+    )
+    max_batch_size: int = Field(
+        default=65536,
+        ge=1,
+        description="Maximum size of one producer batch per partition (bytes).",
+    )
+    compression_type: Literal["none", "gzip", "lz4", "zstd", "snappy"] = Field(
+        default="none",
+        description="Compression of producer batches: none, gzip, lz4, zstd or snappy.",
+    )
+    request_timeout_ms: int = Field(
+        default=30000,
+        ge=1,
+        description="How long the producer waits for a broker response before retrying (ms).",
+    )
+    publish_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "How long a webhook waits for the broker acknowledgement before the bridge answers"
+            " 503 with Retry-After (the sender retries, the poller fills the gap)."
+        ),
+    )
+    retry_backoff_ms: int = Field(
+        default=100,
+        ge=0,
+        description="Pause between producer retries of a failed request (ms).",
+    )
+    metadata_max_age_ms: int = Field(
+        default=30000,
+        ge=1,
+        description=(
+            "Refresh cluster metadata at least this often (ms), so leader moves and new"
+            " partitions are picked up."
+        ),
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="Protocol to talk to brokers: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.",
+    )
+    sasl_mechanism: Annotated[
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None,
+        BeforeValidator(_blank_to_none),
+    ] = Field(
+        default=None,
+        description=(
+            "SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512); required with SASL_PLAINTEXT"
+            " and SASL_SSL."
+        ),
+    )
+    sasl_username: OptionalStr = Field(
+        default=None, description="SASL username; required with SASL_PLAINTEXT and SASL_SSL."
+    )
+    sasl_password: OptionalSecret = Field(
+        default=None, description="SASL password; required with SASL_PLAINTEXT and SASL_SSL."
+    )
+    sasl_password_file: OptionalPath = _secret_file_field("sasl_password", "kafka")
+    ssl_cafile: OptionalFile = Field(
+        default=None,
+        description="PEM file of CA certificates to verify brokers; unset uses the system CAs.",
+    )
+    ssl_certfile: OptionalFile = Field(
+        default=None,
+        description="PEM client certificate for mutual TLS (may also hold the private key).",
+    )
+    ssl_keyfile: OptionalFile = Field(
+        default=None, description="PEM private key of the client certificate for mutual TLS."
+    )
+    ssl_key_password: OptionalSecret = Field(
+        default=None, description="Password of an encrypted ssl_keyfile."
+    )
+    ssl_key_password_file: OptionalPath = _secret_file_field("ssl_key_password", "kafka")
+    ssl_check_hostname: bool = Field(
+        default=True,
+        description="Check that broker certificates match their host names; keep on in production.",
+    )
+    create_topics: bool = Field(
+        default=True,
+        description=(
+            "Create missing topics at start-up. Turn off on clusters where the bridge has no"
+            " admin rights and topics are provisioned separately."
+        ),
+    )
+    topic_partitions: int = Field(
+        default=6,
+        ge=1,
+        description="Partitions of topics the bridge creates (ignored for existing topics).",
+    )
+    topic_replication_factor: int = Field(
+        default=-1,
+        ge=-1,
+        description=(
+            "Replication factor of topics the bridge creates; -1 uses the broker default"
+            " (default.replication.factor)."
+        ),
+    )
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _legal_topic_prefix(cls, value: str) -> str:
+        if not _TOPIC_PREFIX_RE.fullmatch(value):
+            raise ValueError("use only letters, digits, '.', '_' and '-' (at least one)")
+        if len(value) > TOPIC_PREFIX_MAX_CHARS:
+            raise ValueError(
+                f"at most {TOPIC_PREFIX_MAX_CHARS} characters, so that topic names stay within"
+                f" Kafka's {KAFKA_TOPIC_MAX_CHARS}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSettings:
+        self._resolve_secret_files()
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol.endswith("SSL")
+        if sasl:
+            for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
+                if getattr(self, name) is None:
+                    raise _problem(
+                        "kafka",
+                        name,
+                        f"required when {env_name('kafka', 'security_protocol')}"
+                        f" is {self.security_protocol}",
+                    )
+        else:
+            for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
+                if getattr(self, name) is not None:
+                    raise _problem(
+                        "kafka",
+                        name,
+                        f"only used with SASL_PLAINTEXT or SASL_SSL; set"
+                        f" {env_name('kafka', 'security_protocol')} accordingly or unset this",
+                    )
+        if not tls:
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password"):
+                if getattr(self, name) is not None:
+                    raise _problem(
+                        "kafka",
+                        name,
+                        f"only used with SSL or SASL_SSL; set"
+                        f" {env_name('kafka', 'security_protocol')} accordingly or unset this",
+                    )
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise _problem(
+                "kafka", "ssl_certfile", f"required when {env_name('kafka', 'ssl_keyfile')} is set"
+            )
+        return self
+
+
+class IngressSettings(_Section):
+    """The public HTTP endpoint that receives Apizee webhooks."""
+
+    SECTION = "ingress"
+
+    host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - a container must listen on all interfaces
+        description="Address the webhook server listens on.",
+    )
+    port: int = Field(
+        default=8080,
+        ge=0,
+        le=65535,
+        description="Port of the webhook server (0 picks a free port, for tests).",
+    )
+    path: str = Field(
+        default="/webhooks/apizee",
+        description="URL path Apizee posts webhooks to; must start with '/'.",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        description="Largest webhook body accepted (bytes); larger ones are answered 413.",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="Number of worker processes serving webhooks.",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=20.0,
+        ge=0,
+        description=(
+            "On SIGTERM, how long in-flight webhooks may finish and the producer may flush"
+            " before the process exits. Keep below the pod's terminationGracePeriodSeconds."
+        ),
+    )
+    retry_after_seconds: int = Field(
+        default=5,
+        ge=0,
+        description="Value of the Retry-After header on 503 answers (seconds).",
+    )
+    request_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Upper bound on handling one webhook, reading the body included, so slow senders"
+            " cannot hold connections. Must exceed kafka.publish_timeout_seconds."
+        ),
+    )
+    access_log: bool = Field(
+        default=False,
+        description="Log one line per HTTP request (the metrics already count them).",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+
+class AdminSettings(_Section):
+    """The admin HTTP endpoint: /metrics, /healthz, /readyz."""
+
+    SECTION = "admin"
+
+    host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - Prometheus and the kubelet probe from outside the pod
+        description="Address the admin server (/metrics, /healthz, /readyz) listens on.",
+    )
+    port: int = Field(
+        default=9090,
+        ge=0,
+        le=65535,
+        description="Port of the admin server (0 picks a free port, for tests).",
+    )
+
+
+class AuthSettings(_Section):
+    """How webhooks prove they come from Apizee; any configured method that matches passes."""
+
+    SECTION = "auth"
+    SECRET_FIELDS = ("hmac_secret", "token", "basic_password")
+
+    hmac_secret: OptionalSecret = Field(
+        default=None,
+        description="Shared secret of the HMAC-SHA256 webhook signature; set to enable HMAC.",
+    )
+    hmac_secret_file: OptionalPath = _secret_file_field("hmac_secret", "auth")
+    hmac_header: str = Field(
+        default="X-Apizee-Signature",
+        min_length=1,
+        description="Request header carrying the HMAC signature.",
+    )
+    hmac_encoding: Literal["hex", "base64"] = Field(
+        default="hex", description="Encoding of the signature in the header: hex or base64."
+    )
+    hmac_prefix: str = Field(
+        default="",
+        description="Prefix stripped from the signature header before decoding, e.g. 'sha256='.",
+    )
+    timestamp_header: OptionalStr = Field(
+        default=None,
+        description=(
+            "Header carrying the signing time (epoch seconds). When set, the signed message is"
+            " '{timestamp}.{body}' and stale timestamps are refused (replay protection)."
+        ),
+    )
+    timestamp_tolerance_seconds: int = Field(
+        default=300,
+        ge=1,
+        description="Largest accepted difference between the signed timestamp and now (seconds).",
+    )
+    token: OptionalSecret = Field(
+        default=None,
+        description="Shared token the sender presents in a header or query parameter.",
+    )
+    token_file: OptionalPath = _secret_file_field("token", "auth")
+    token_header: str = Field(
+        default="X-Webhook-Token",
+        min_length=1,
+        description="Request header carrying the shared token.",
+    )
+    token_query_param: OptionalStr = Field(
+        default="token",
+        description=(
+            "Query parameter carrying the shared token; empty disables it. Tokens in URLs end up"
+            " in proxy logs: prefer the header."
+        ),
+    )
+    basic_username: OptionalStr = Field(
+        default=None, description="HTTP Basic username; set with basic_password to enable Basic."
+    )
+    basic_password: OptionalSecret = Field(
+        default=None, description="HTTP Basic password; set with basic_username to enable Basic."
+    )
+    basic_password_file: OptionalPath = _secret_file_field("basic_password", "auth")
+    insecure_no_auth: bool = Field(
+        default=False,
+        description=(
+            "Accept unauthenticated webhooks. Development only: anyone who reaches the port"
+            " can write to Kafka."
+        ),
+    )
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The configured methods, in the order they are tried."""
+        configured = {
+            "hmac": self.hmac_secret is not None,
+            "token": self.token is not None,
+            "basic": self.basic_username is not None and self.basic_password is not None,
+        }
+        return tuple(name for name, on in configured.items() if on)
+
+    @model_validator(mode="after")
+    def _some_method(self) -> AuthSettings:
+        self._resolve_secret_files()
+        if (self.basic_username is None) != (self.basic_password is None):
+            missing = "basic_password" if self.basic_password is None else "basic_username"
+            raise _problem(
+                "auth",
+                missing,
+                f"set both {env_name('auth', 'basic_username')} and"
+                f" {env_name('auth', 'basic_password')}, or neither",
+            )
+        if self.insecure_no_auth and self.methods:
+            raise _problem(
+                "auth",
+                "insecure_no_auth",
+                "cannot be combined with a configured method (" + ", ".join(self.methods) + ")",
+            )
+        if not self.insecure_no_auth and not self.methods:
+            raise _problem(
+                "auth",
+                "*",
+                "no webhook authentication configured: set BRIDGE_AUTH_HMAC_SECRET,"
+                " BRIDGE_AUTH_TOKEN or BRIDGE_AUTH_BASIC_USERNAME + BRIDGE_AUTH_BASIC_PASSWORD"
+                " (or their *_FILE variants), or BRIDGE_AUTH_INSECURE_NO_AUTH=true for"
+                " development",
+            )
+        return self
+
+
+class DedupeSettings(_Section):
+    """The in-memory window that answers repeated webhook deliveries without republishing."""
+
+    SECTION = "dedupe"
+
+    window_seconds: int = Field(
+        default=600,
+        ge=1,
+        description="How long a published event id is remembered to answer retries as duplicate.",
+    )
+    max_entries: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most event ids remembered at once; the oldest are forgotten first.",
+    )
+
+
+class LogSettings(_Section):
+    """Process logging."""
+
+    SECTION = "log"
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Least severe level logged: DEBUG, INFO, WARNING or ERROR."
+    )
+    format: Literal["json", "console"] = Field(
+        default="json",
+        description="json (one object per line, for log shippers) or console (for humans).",
+    )
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class BridgeSettings(BaseSettings):
+    """Every setting of the bridge. Section names carry no underscore: `BRIDGE_<SECTION>_` is
+    split once, so the rest of the variable name is the field name."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="forbid",
+    )
+
+    kafka: KafkaSettings = Field(description="Kafka cluster and topics.")
+    ingress: IngressSettings = Field(description="Webhook HTTP server.")
+    admin: AdminSettings = Field(description="Admin HTTP server.")
+    auth: AuthSettings = Field(description="Webhook authentication.")
+    dedupe: DedupeSettings = Field(description="Duplicate delivery window.")
+    log: LogSettings = Field(description="Logging.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit overrides, then env, then the TOML file. No .env or secrets_dir:
+        # secrets come from env or from the explicit *_file settings.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV, "").strip()
+        if config_file:
+            path = Path(config_file).expanduser()
+            # The TOML source silently skips a missing file; a named file that is absent is a
+            # deployment mistake, so say so.
+            if not path.is_file():
+                raise ConfigError(f"{CONFIG_FILE_ENV}: no such file: {path}")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_from_empty(cls, data: Any) -> Any:
+        # Each section is validated even when no variable sets it, so that section validators
+        # (e.g. "no authentication configured") run and report through the normal error path.
+        if isinstance(data, dict):
+            for name in cls.model_fields:
+                data.setdefault(name, {})
+        return data
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> BridgeSettings:
+        ingress, admin = self.ingress, self.admin
+        hosts_overlap = (
+            ingress.host == admin.host
+            or ingress.host in _WILDCARD_HOSTS
+            or admin.host in _WILDCARD_HOSTS
+        )
+        if hosts_overlap and ingress.port == admin.port and ingress.port != 0:
+            raise _problem(
+                "admin",
+                "port",
+                f"must differ from {env_name('ingress', 'port')} ({ingress.port}) when both"
+                " servers listen on the same address",
+            )
+        if ingress.request_timeout_seconds <= self.kafka.publish_timeout_seconds:
+            raise _problem(
+                "ingress",
+                "request_timeout_seconds",
+                f"must exceed {env_name('kafka', 'publish_timeout_seconds')}"
+                f" ({self.kafka.publish_timeout_seconds}), or every slow publish becomes a"
+                " timeout instead of a 503",
+            )
+        return self
+
+
+def _error_line(error: Any) -> str:
+    loc = tuple(str(part) for part in error["loc"])
+    ctx = error.get("ctx") or {}
+    if error["type"] == "config_invalid":
+        loc = (str(ctx["section"]), str(ctx["field"]))
+    message = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        message = "unknown setting (check the spelling against the README)"
+    name = env_name(*loc) if loc else ENV_PREFIX + "*"
+    return f"{name}: {message}"
+
+
+def load_settings(**overrides: Any) -> BridgeSettings:
+    """Load settings from overrides, env and the optional TOML file; raise ConfigError."""
+    try:
+        return BridgeSettings(**overrides)
+    except ValidationError as exc:
+        # errors() without input: pydantic's own str() quotes the input value, which may be a
+        # secret.
+        lines = [_error_line(e) for e in exc.errors(include_url=False, include_input=False)]
+        raise ConfigError("\n".join(dict.fromkeys(lines))) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{CONFIG_FILE_ENV}: not valid TOML: {exc}") from None
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def redacted_dump(settings: BridgeSettings) -> dict[str, Any]:
+    """The effective config as JSON-ready data, secrets shown as REDACTED (null when unset)."""
+    # JSON mode renders SecretStr as "**********" and None as null.
+    return settings.model_dump(mode="json")
+
+
+def _default_text(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value == "":
+        return '""'
+    return str(value)
+
+
+def env_var_docs() -> list[tuple[str, str, str]]:
+    """(env variable, default as text, description) for every setting, for the README."""
+    rows = [
+        (
+            CONFIG_FILE_ENV,
+            "unset",
+            "Optional TOML file with the same sections (`[kafka]`, `[auth]`, ...); environment"
+            " variables override it.",
+        )
+    ]
+    for section, section_field in BridgeSettings.model_fields.items():
+        model = section_field.annotation
+        assert isinstance(model, type)
+        assert issubclass(model, BaseModel)
+        rows.extend(
+            (
+                env_name(section, name),
+                _default_text(field.get_default(call_default_factory=True)),
+                field.description or "",
+            )
+            for name, field in model.model_fields.items()
+        )
+    return rows

@@ -1,0 +1,234 @@
+"""The webhook ingress: Apizee's `conversationevent.create` POSTs in, Kafka acks out.
+
+The handler does the business (read, authenticate, validate, dedupe, publish); one
+middleware maps every outcome to a status, a JSON body and the request metrics.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+import orjson
+import structlog
+from aiohttp import web
+
+from bridge import metrics
+from bridge.auth import Authenticator, AuthError
+from bridge.config import BridgeSettings
+from bridge.dedupe import RecentIds
+from bridge.errors import (
+    BodyTooLargeError,
+    BridgeError,
+    CodecError,
+    InvalidEventError,
+    PublishError,
+    UnsupportedMediaTypeError,
+)
+from bridge.models import from_webhook, parse_webhook
+from bridge.publisher import Publisher
+
+log = structlog.get_logger(__name__)
+
+REQUEST_ID_HEADER: Final = "X-Request-Id"
+# A caller's request id is echoed and logged only if it is short and plain (no log injection).
+_REQUEST_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_JSON: Final = "application/json"
+
+
+@dataclass
+class Ingress:
+    """What the webhook handler needs, shared with the admin app for readiness."""
+
+    settings: BridgeSettings
+    publisher: Publisher
+    authenticator: Authenticator
+    dedupe: RecentIds
+    shutting_down: bool = field(default=False)
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        if self.shutting_down:
+            return "shutting down"
+        return self.publisher.not_ready_reason
+
+
+INGRESS: Final = web.AppKey("ingress", Ingress)
+
+
+def _json(
+    status: int, body: Mapping[str, object], headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type=_JSON, headers=headers)
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get(REQUEST_ID_HEADER)
+    if given is not None and _REQUEST_ID_RE.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+def _error_response(exc: Exception, ingress: Ingress) -> tuple[web.Response, str]:
+    """The one place that maps each error to its status and metric reason."""
+    if isinstance(exc, InvalidEventError):
+        return _json(400, {"status": "invalid", "reason": exc.reason}), exc.kind
+    if isinstance(exc, AuthError):
+        headers = None
+        if "basic" in ingress.authenticator.methods:
+            headers = {"WWW-Authenticate": 'Basic realm="apizee-kafka-bridge"'}
+        return _json(401, {"status": "unauthorized", "reason": exc.reason}, headers), exc.reason
+    if isinstance(exc, BodyTooLargeError):
+        limit = ingress.settings.ingress.max_body_bytes
+        body = {"status": "too_large", "reason": f"body larger than {limit} bytes"}
+        return _json(413, body), "body_too_large"
+    if isinstance(exc, UnsupportedMediaTypeError):
+        body = {"status": "unsupported_media_type", "reason": f"Content-Type must be {_JSON}"}
+        return _json(415, body), "unsupported_media_type"
+    if isinstance(exc, PublishError):
+        retry_after = {"Retry-After": str(ingress.settings.ingress.retry_after_seconds)}
+        body = {"status": "unavailable", "reason": f"Kafka did not acknowledge: {exc.kind}"}
+        return _json(503, body, retry_after), exc.kind
+    return _json(500, {"status": "error", "reason": "internal error"}), "internal_error"
+
+
+@web.middleware
+async def observe(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Request id, in-flight gauge, outcome metrics and the error mapping, for every route."""
+    ingress = request.app[INGRESS]
+    request_id = _request_id(request)
+    request["request_id"] = request_id
+    started = time.perf_counter()
+    metrics.WEBHOOKS_IN_FLIGHT.inc()
+    try:
+        response = await handler(request)
+        reason: str = request.get("reason", "accepted")
+    except web.HTTPException:
+        # Routing errors (404, 405) from aiohttp itself: answered as they are, not counted.
+        raise
+    except (BridgeError, Exception) as exc:
+        response, reason = _error_response(exc, ingress)
+        if response.status >= 500:
+            log_call = log.error if response.status == 500 else log.warning
+            log_call(
+                "webhook_failed",
+                request_id=request_id,
+                status=response.status,
+                reason=reason,
+                error=type(exc).__name__,
+                exc_info=response.status == 500,
+            )
+        else:
+            log.info(
+                "webhook_refused", request_id=request_id, status=response.status, reason=reason
+            )
+    finally:
+        metrics.WEBHOOKS_IN_FLIGHT.dec()
+    response.headers[REQUEST_ID_HEADER] = request_id
+    status = str(response.status)
+    metrics.WEBHOOK_REQUESTS.labels(status=status, reason=reason).inc()
+    metrics.WEBHOOK_DURATION.labels(status=status).observe(time.perf_counter() - started)
+    return response
+
+
+async def receive_webhook(request: web.Request) -> web.Response:
+    """POST {path}: one Apizee event; answered only after Kafka acknowledged it."""
+    ingress = request.app[INGRESS]
+    settings = ingress.settings.ingress
+    if request.content_type != _JSON:
+        raise UnsupportedMediaTypeError
+    length = request.content_length
+    if length is not None and length > settings.max_body_bytes:
+        raise BodyTooLargeError
+    try:
+        # Bounded by the app's client_max_size, also for chunked bodies without a length.
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLargeError from None
+    metrics.WEBHOOK_BODY_BYTES.observe(len(body))
+    ingress.authenticator.verify(request.headers, request.query, body, time.time())
+
+    received_at_ms = time.time_ns() // 1_000_000
+    try:
+        event = from_webhook(parse_webhook(body), received_at_ms)
+    except InvalidEventError as exc:
+        # Nothing Apizee sends is lost: the raw bytes go to the DLQ before the 400 (and a
+        # DLQ failure becomes a 503, so that the sender retries).
+        await ingress.publisher.publish_dlq(
+            body,
+            kind=exc.kind,
+            reason=exc.reason,
+            headers={
+                "request-id": request["request_id"],
+                "received-at": str(received_at_ms),
+                "source": "WEBHOOK",
+            },
+        )
+        raise
+
+    if not await ingress.dedupe.claim(event.event_id):
+        request["reason"] = "duplicate"
+        metrics.DUPLICATES.labels(source="WEBHOOK").inc()
+        return _json(200, {"status": "duplicate", "eventId": event.event_id})
+    published = False
+    try:
+        await ingress.publisher.publish(event)
+        published = True
+    except CodecError as exc:
+        # A defect of ours, not of the sender: keep the bytes, answer 500.
+        log.error("encode_failed", request_id=request["request_id"], error=str(exc))
+        await ingress.publisher.publish_dlq(
+            body,
+            kind="encode_error",
+            reason=str(exc),
+            headers={"request-id": request["request_id"], "received-at": str(received_at_ms)},
+        )
+        raise
+    finally:
+        ingress.dedupe.release(event.event_id, published)
+        metrics.DEDUPE_ENTRIES.set(len(ingress.dedupe))
+
+    if event.spec is None:
+        request["reason"] = "unknown_event_type"
+        return _json(202, {"status": "unknown_event_type", "eventId": event.event_id})
+    return _json(200, {"status": "accepted", "eventId": event.event_id})
+
+
+def build_public_app(ingress: Ingress) -> web.Application:
+    """The public port: only the webhook route, behind the observing middleware."""
+    settings = ingress.settings.ingress
+    app = web.Application(middlewares=[observe], client_max_size=settings.max_body_bytes)
+    app[INGRESS] = ingress
+    app.router.add_post(settings.path, receive_webhook)
+    return app
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json(200, {"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    reason = request.app[INGRESS].not_ready_reason
+    if reason:
+        return _json(503, {"status": "not_ready", "reason": reason})
+    return _json(200, {"status": "ready"})
+
+
+def build_admin_app(ingress: Ingress) -> web.Application:
+    """The admin port: /metrics, /healthz, /readyz; never on the public port."""
+    app = web.Application()
+    app[INGRESS] = ingress
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

@@ -1,0 +1,340 @@
+"""Publish canonical events to Kafka (aiokafka, acks=all) and report the cluster's health.
+
+One producer per process. A supervisor task connects (retrying while Kafka is down),
+creates missing topics, and checks cluster metadata on an interval; publishing fails fast
+with KafkaUnavailableError while the cluster is unreachable, so webhooks get a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+
+from bridge import metrics
+from bridge.catalog import CATEGORIES, EVENTS, UNKNOWN_CATEGORY
+from bridge.codec import Codec
+from bridge.config import KafkaSettings
+from bridge.errors import CodecError, KafkaUnavailableError, PublishTimeoutError
+from bridge.models import CanonicalEvent
+
+log = structlog.get_logger(__name__)
+
+DLQ_SUFFIX: Final = "dlq"
+# Headroom over the largest webhook body for headers and framing of a dead-lettered record.
+_DLQ_OVERHEAD_BYTES: Final = 64 * 1024
+_DLQ_REASON_MAX_BYTES: Final = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """The topics this bridge writes, derived from the prefix."""
+
+    prefix: str
+
+    def category(self, category: str) -> str:
+        return f"{self.prefix}.{category}"
+
+    @property
+    def unknown(self) -> str:
+        return self.category(UNKNOWN_CATEGORY)
+
+    @property
+    def dlq(self) -> str:
+        return self.category(DLQ_SUFFIX)
+
+    def all(self) -> list[str]:
+        return [self.category(c) for c in (*CATEGORIES, UNKNOWN_CATEGORY, DLQ_SUFFIX)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Everything per eventType that the hot path would otherwise recompute."""
+
+    topic: str
+    category: str
+    event_type_label: str
+    topic_kind: str
+    event_type_header: bytes
+    fingerprint_header: bytes
+
+
+def connection_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """aiokafka client arguments shared by the producer, admin client and consumers."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "request_timeout_ms": settings.request_timeout_ms,
+        "retry_backoff_ms": settings.retry_backoff_ms,
+        "metadata_max_age_ms": settings.metadata_max_age_ms,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        context = create_ssl_context(
+            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None,
+            certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+            keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+            password=(
+                settings.ssl_key_password.get_secret_value() if settings.ssl_key_password else None
+            ),
+        )
+        context.check_hostname = settings.ssl_check_hostname
+        kwargs["ssl_context"] = context
+    if settings.security_protocol.startswith("SASL"):
+        kwargs["sasl_mechanism"] = settings.sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.sasl_username
+        kwargs["sasl_plain_password"] = (
+            settings.sasl_password.get_secret_value() if settings.sasl_password else None
+        )
+    return kwargs
+
+
+def _error_kind(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if isinstance(exc, PublishTimeoutError | TimeoutError):
+        return "timeout"
+    if name in {"MessageSizeTooLargeError", "RecordTooLargeError", "TopicAuthorizationFailedError"}:
+        return "rejected"
+    return "unavailable"
+
+
+class Publisher:
+    """Owns the Kafka producer: lifecycle, topics, health, and the publish calls."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        codec: Codec,
+        *,
+        max_body_bytes: int,
+        health_interval: float = 2.0,
+        on_acked: Callable[[CanonicalEvent], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._codec = codec
+        self._max_request_size = max(1024 * 1024, max_body_bytes + _DLQ_OVERHEAD_BYTES)
+        self._health_interval = health_interval
+        self._timeout = settings.publish_timeout_seconds
+        self._on_acked = on_acked
+        self.topics = TopicNames(settings.topic_prefix)
+        self._routes = self._build_routes()
+        self._producer: AIOKafkaProducer | None = None
+        self._healthy = False
+        self._not_ready_reason = "not started"
+        self._metadata_at = 0.0
+        self._supervisor: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def _build_routes(self) -> dict[str, _Route]:
+        routes = {}
+        for event_type, writer in self._codec.writers.items():
+            known = event_type in EVENTS
+            category = EVENTS[event_type].category if known else UNKNOWN_CATEGORY
+            routes[event_type] = _Route(
+                topic=self.topics.category(category),
+                category=category,
+                event_type_label=event_type if known else UNKNOWN_CATEGORY,
+                topic_kind="category" if known else UNKNOWN_CATEGORY,
+                event_type_header=event_type.encode(),
+                fingerprint_header=writer.fingerprint_hex.encode(),
+            )
+        return routes
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start supervising; returns at once even when Kafka is down (readiness says so)."""
+        self._supervisor = asyncio.create_task(self._supervise(), name="kafka-supervisor")
+
+    async def stop(self) -> None:
+        """Flush what the producer holds, then close it."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        self._set_health(False, "stopped")
+        if self._producer is not None:
+            with contextlib.suppress(KafkaError, TimeoutError):
+                await asyncio.wait_for(self._producer.flush(), self._timeout)
+            await self._producer.stop()
+            self._producer = None
+
+    @property
+    def ready(self) -> bool:
+        return self._healthy
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        return None if self._healthy else self._not_ready_reason
+
+    @property
+    def metadata_age(self) -> float | None:
+        return None if not self._metadata_at else time.monotonic() - self._metadata_at
+
+    def _set_health(self, healthy: bool, reason: str = "") -> None:
+        if healthy != self._healthy:
+            log.info("kafka_ready" if healthy else "kafka_not_ready", reason=reason or None)
+        self._healthy = healthy
+        self._not_ready_reason = reason
+        metrics.KAFKA_READY.set(1 if healthy else 0)
+
+    async def _connect(self) -> AIOKafkaProducer:
+        settings = self._settings
+        producer = AIOKafkaProducer(
+            **connection_kwargs(settings),
+            # acks=all: a 200 means the event is on every in-sync replica.
+            acks="all",
+            enable_idempotence=settings.enable_idempotence,
+            linger_ms=settings.linger_ms,
+            max_batch_size=settings.max_batch_size,
+            max_request_size=self._max_request_size,
+            compression_type=(
+                None if settings.compression_type == "none" else settings.compression_type
+            ),
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    async def ensure_topics(self) -> list[str]:
+        """Create the bridge's topics that do not exist yet; returns those still missing."""
+        settings = self._settings
+        admin = AIOKafkaAdminClient(**connection_kwargs(settings))
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            missing = [t for t in self.topics.all() if t not in existing]
+            if missing and settings.create_topics:
+                new = [
+                    NewTopic(t, settings.topic_partitions, settings.topic_replication_factor)
+                    for t in missing
+                ]
+                with contextlib.suppress(TopicAlreadyExistsError):  # another replica won
+                    await admin.create_topics(new)
+                log.info("topics_created", topics=missing)
+                existing = set(await admin.list_topics())
+                missing = [t for t in self.topics.all() if t not in existing]
+            return missing
+        finally:
+            await admin.close()
+
+    async def _supervise(self) -> None:
+        """Connect with backoff, then check health forever; reconnect topics when they vanish."""
+        backoff = 0.5
+        while self._producer is None:
+            try:
+                self._producer = await self._connect()
+            except (KafkaError, OSError, TimeoutError) as exc:
+                self._set_health(False, f"cannot connect: {type(exc).__name__}")
+                log.warning("kafka_connect_failed", error=type(exc).__name__, retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+        log.info("kafka_connected", bootstrap_servers=self._settings.bootstrap_servers)
+        while True:
+            await self._check_health()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._health_interval)
+
+    async def _check_health(self) -> None:
+        assert self._producer is not None
+        try:
+            async with asyncio.timeout(max(self._health_interval, 1.0) * 2):
+                cluster = await self._producer.client.fetch_all_metadata()
+                topics = set(cluster.topics())
+                missing = [t for t in self.topics.all() if t not in topics]
+                if missing:
+                    # A new cluster, or one that lost its topics (the memory-only dev broker
+                    # after a restart): create them again when we may.
+                    missing = await self.ensure_topics()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self._set_health(False, f"metadata unavailable: {type(exc).__name__}")
+            metrics.KAFKA_METADATA_AGE.set(self.metadata_age or 0.0)
+            return
+        self._metadata_at = time.monotonic()
+        metrics.KAFKA_METADATA_AGE.set(0.0)
+        if missing:
+            self._set_health(False, f"topics missing: {', '.join(missing)}")
+        else:
+            self._set_health(True)
+
+    # -- publishing --------------------------------------------------------------------
+
+    async def publish(self, event: CanonicalEvent) -> None:
+        """Encode and publish one event; returns once Kafka acknowledged it."""
+        route = self._routes.get(event.event_type) or self._routes[""]
+        try:
+            value = self._codec.encode(event)
+        except CodecError:
+            metrics.PUBLISH_ERRORS.labels(kind="encode").inc()
+            raise
+        headers = [
+            ("event-type", route.event_type_header),
+            ("event-id", str(event.event_id).encode()),
+            ("source", event.source.value.encode()),
+            ("schema-fingerprint", route.fingerprint_header),
+        ]
+        key = str(event.ticket_id).encode()
+        await self._send(route.topic, key, value, headers, route.topic_kind)
+        metrics.EVENTS_PUBLISHED.labels(
+            category=route.category, event_type=route.event_type_label, source=event.source.value
+        ).inc()
+        if route.topic_kind == UNKNOWN_CATEGORY:
+            metrics.UNKNOWN_EVENTS.inc()
+
+    async def publish_dlq(
+        self, body: bytes, *, kind: str, reason: str, headers: Mapping[str, str]
+    ) -> None:
+        """Keep bytes that are not a valid event, as they came, with why they were refused."""
+        all_headers = [
+            ("dlq-kind", kind.encode()),
+            ("dlq-reason", reason.encode()[:_DLQ_REASON_MAX_BYTES]),
+            *((k, v.encode()) for k, v in headers.items()),
+        ]
+        await self._send(self.topics.dlq, None, body, all_headers, DLQ_SUFFIX)
+        metrics.DLQ_RECORDS.labels(kind=kind).inc()
+
+    async def _send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        topic_kind: str,
+    ) -> None:
+        producer = self._producer
+        if producer is None or not self._healthy:
+            metrics.PUBLISH_ERRORS.labels(kind="unavailable").inc()
+            raise KafkaUnavailableError(self._not_ready_reason)
+        started = time.perf_counter()
+        metrics.PUBLISHES_IN_FLIGHT.inc()
+        try:
+            async with asyncio.timeout(self._timeout):
+                ack = await producer.send(topic, value, key=key, headers=headers)
+                # Shielded: a timeout abandons the wait, not the record, which may still land.
+                await asyncio.shield(ack)
+        except TimeoutError:
+            metrics.PUBLISH_ERRORS.labels(kind="timeout").inc()
+            self._wake.set()
+            raise PublishTimeoutError(f"no acknowledgement within {self._timeout}s") from None
+        except KafkaError as exc:
+            metrics.PUBLISH_ERRORS.labels(kind=_error_kind(exc)).inc()
+            self._wake.set()
+            raise KafkaUnavailableError(type(exc).__name__) from exc
+        finally:
+            metrics.PUBLISHES_IN_FLIGHT.dec()
+        metrics.PUBLISH_DURATION.labels(topic_kind=topic_kind).observe(
+            time.perf_counter() - started
+        )
