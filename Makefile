@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint format test test-unit test-integration run bench schemas clean
+.PHONY: install lint format test test-unit test-integration run bench schemas docs clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ test-integration: install
 # Regenerate schemas/ from the catalog (the test suite proves files and catalog agree).
 schemas: install
 	$(BIN)/apizee-bridge schemas schemas --write
+
+# Regenerate the README's generated blocks (config variables, event catalog).
+docs: install
+	$(BIN)/python -m bridge.docs README.md
 
 run: install
 	$(BIN)/apizee-bridge dev

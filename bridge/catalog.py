@@ -200,3 +200,12 @@ UNKNOWN_RECORD_NAME: Final = "UnknownEvent"
 
 def lookup(event_type: str) -> EventSpec | None:
     return EVENTS.get(event_type)
+
+
+def markdown_table() -> str:
+    """The README's event table, generated so that the docs cannot drift from the code."""
+    rows = ["| eventType | category | attributes | meaning |", "|---|---|---|---|"]
+    for spec in EVENTS.values():
+        attrs = ", ".join(f"`{a}`" for a in spec.attributes) or "none"
+        rows.append(f"| `{spec.event_type}` | {spec.category} | {attrs} | {spec.doc} |")
+    return "\n".join(rows)

@@ -42,13 +42,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from bridge.config import env_var_docs, redacted_dump
+    from bridge.config import redacted_dump
+    from bridge.docs import env_table
 
     if args.env_docs:
-        print("| Variable | Default | Meaning |")
-        print("|---|---|---|")
-        for name, default, doc in env_var_docs():
-            print(f"| `{name}` | `{default}` | {doc} |")
+        print(env_table())
         return 0
     settings = _load_settings_or_exit()
     print(json.dumps(redacted_dump(settings), indent=2, default=str))

@@ -56,7 +56,6 @@ REASONS: Final = (
     "unsupported_media_type",
     "kafka_unavailable",
     "publish_timeout",
-    "shutting_down",
     "internal_error",
 )
 
