@@ -531,6 +531,122 @@ class LogSettings(_Section):
         return value.upper() if isinstance(value, str) else value
 
 
+class ApizeeSettings(_Section):
+    """Apizee's REST API, which the poller reads to fill the gaps missed webhooks leave."""
+
+    SECTION = "apizee"
+    SECRET_FIELDS = ("token",)
+
+    base_url: OptionalStr = Field(
+        default=None,
+        description=(
+            "Base URL of Apizee's API, e.g. https://cloud.apizee.com (the client calls"
+            " {base_url}/api/v3/tickets/{ticketId}/events). Unset disables the poller."
+        ),
+    )
+    token: OptionalSecret = Field(
+        default=None, description="Bearer token for Apizee's REST API; required with base_url."
+    )
+    token_file: OptionalPath = Field(
+        default=None,
+        description=(
+            "File holding the Bearer token (a mounted secret); re-read when it changes, so a"
+            " rotated token is picked up without a restart. Mutually exclusive with"
+            " BRIDGE_APIZEE_TOKEN."
+        ),
+    )
+    request_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Timeout of one REST request, connect to last byte."
+    )
+    rate_limit_per_second: float = Field(
+        default=5.0,
+        gt=0,
+        description="Client-side rate limit on Apizee requests (token bucket refill rate).",
+    )
+    rate_limit_burst: int = Field(
+        default=10, ge=1, description="Token bucket size: requests allowed in a burst."
+    )
+    max_retries: int = Field(
+        default=4,
+        ge=0,
+        description="Retries of one request after 5xx, timeouts and connection errors.",
+    )
+    backoff_initial_seconds: float = Field(
+        default=0.5, gt=0, description="First retry delay; doubles per retry, with jitter."
+    )
+    backoff_max_seconds: float = Field(
+        default=30.0, gt=0, description="Longest delay between retries (and longest 429 wait)."
+    )
+    circuit_failure_threshold: int = Field(
+        default=5,
+        ge=1,
+        description="Consecutive failed requests that open the circuit (no requests for a while).",
+    )
+    circuit_open_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long the circuit stays open before one trial request is let through.",
+    )
+
+    @model_validator(mode="after")
+    def _token_with_url(self) -> ApizeeSettings:
+        self._resolve_secret_files()
+        if self.base_url is not None and self.token is None:
+            raise _problem(
+                self.SECTION,
+                "token",
+                f"required when {env_name(self.SECTION, 'base_url')} is set"
+                f" (or set {env_name(self.SECTION, 'token_file')})",
+            )
+        return self
+
+
+class PollerSettings(_Section):
+    """Gap filling: which tickets are polled, when, and when they are retired."""
+
+    SECTION = "poller"
+
+    enabled: bool = Field(
+        default=True,
+        description="Poll active tickets (effective only when BRIDGE_APIZEE_BASE_URL is set).",
+    )
+    interval_seconds: float = Field(
+        default=60.0, gt=0, description="How often each active ticket is polled."
+    )
+    jitter_ratio: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Random spread of the poll interval (0.2 = +/-20%), so polls do not align.",
+    )
+    settle_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "An event the REST list shows counts as a gap only once it is this old: its"
+            " webhook may still be on its way."
+        ),
+    )
+    terminal_poll_delay_seconds: float = Field(
+        default=15.0,
+        ge=0,
+        description="Delay of the extra poll after a terminal event (closed/completed/cancelled).",
+    )
+    retire_grace_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="A ticket stops being polled this long after its terminal event.",
+    )
+    idle_ttl_seconds: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="A ticket with no new event for this long stops being polled.",
+    )
+    concurrency: int = Field(
+        default=8, ge=1, description="Tickets polled at the same time (per replica)."
+    )
+
+
 class BridgeSettings(BaseSettings):
     """Every setting of the bridge. Section names carry no underscore: `BRIDGE_<SECTION>_` is
     split once, so the rest of the variable name is the field name."""
@@ -548,6 +664,8 @@ class BridgeSettings(BaseSettings):
     auth: AuthSettings = Field(description="Webhook authentication.")
     dedupe: DedupeSettings = Field(description="Duplicate delivery window.")
     log: LogSettings = Field(description="Logging.")
+    apizee: ApizeeSettings = Field(description="Apizee REST API (the poller's source).")
+    poller: PollerSettings = Field(description="Gap-filling poller.")
 
     @classmethod
     def settings_customise_sources(
