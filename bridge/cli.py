@@ -78,6 +78,12 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from bridge.simulator import simulate_command
+
+    return simulate_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="apizee-bridge",
@@ -135,12 +141,87 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--write", action="store_true", help="write the files (default)")
     mode.add_argument("--check", action="store_true", help="exit 1 if any file differs")
     schemas.set_defaults(func=_cmd_schemas)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="run a fake Apizee: REST events endpoint plus webhooks sent to a bridge (dev/test)",
+        description="Generate N tickets with realistic event timelines over all 32 event types, "
+        "serve GET /api/v3/tickets/{ticketId}/events with a Bearer token, send each event's "
+        "webhook to --bridge-url through a lossy network, print a summary, then keep serving "
+        "REST until Ctrl-C (or exit with --exit-when-done).",
+    )
+    gen = sim.add_argument_group("events")
+    gen.add_argument("--tickets", type=int, default=20, metavar="N", help="tickets (default 20)")
+    gen.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    gen.add_argument(
+        "--rate",
+        type=float,
+        metavar="EVENTS_PER_S",
+        help="record events at this pace; default: all at once",
+    )
+    gen.add_argument(
+        "--unknown-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability of an extra event of an unknown eventType after each event",
+    )
+    rest = sim.add_argument_group("REST endpoint and its failures")
+    rest.add_argument("--rest-host", default="127.0.0.1")
+    rest.add_argument("--rest-port", type=int, default=0, help="default: a free port")
+    rest.add_argument("--rest-token", default="simulator-token", help="expected Bearer token")
+    rest.add_argument("--fail-429", type=float, default=0.0, metavar="P", help="429 probability")
+    rest.add_argument("--retry-after", type=float, default=1.0, metavar="S", help="429 wait")
+    rest.add_argument("--retry-after-form", choices=("delta", "date", "mixed"), default="mixed")
+    rest.add_argument("--fail-500", type=float, default=0.0, metavar="P")
+    rest.add_argument("--fail-502", type=float, default=0.0, metavar="P")
+    rest.add_argument("--fail-503", type=float, default=0.0, metavar="P")
+    rest.add_argument("--slow", type=float, default=0.0, metavar="P", help="slow answers")
+    rest.add_argument("--slow-seconds", type=float, default=2.0, metavar="S")
+    rest.add_argument("--malformed", type=float, default=0.0, metavar="P", help="bad answers")
+    rest.add_argument(
+        "--outage",
+        action="append",
+        metavar="START:DURATION",
+        help="all requests 503 during this window (seconds after start); repeatable",
+    )
+    rest.add_argument(
+        "--window",
+        action="append",
+        metavar="KIND:START:DURATION",
+        help="a fault for every request in a window: outage, 429, 500, 502, 503, slow, "
+        "malformed; repeatable",
+    )
+    hook = sim.add_argument_group("webhooks")
+    hook.add_argument("--bridge-url", metavar="URL", help="POST webhooks here (else REST only)")
+    hook.add_argument("--token", help="shared token sent in --token-header")
+    hook.add_argument("--token-header", default="X-Webhook-Token")
+    hook.add_argument("--hmac-secret", metavar="S", help="sign bodies with HMAC-SHA256")
+    hook.add_argument("--hmac-header", default="X-Apizee-Signature")
+    hook.add_argument("--hmac-encoding", choices=("hex", "base64"), default="hex")
+    hook.add_argument("--hmac-prefix", default="", help="e.g. sha256=")
+    hook.add_argument("--timestamp-header", help="sign '{timestamp}.{body}', timestamp here")
+    hook.add_argument("--drop", type=float, default=0.0, metavar="P", help="drop rate")
+    hook.add_argument("--duplicate", type=float, default=0.0, metavar="P", help="duplicate rate")
+    hook.add_argument("--reorder-window", type=int, default=1, metavar="K", help="shuffle span")
+    hook.add_argument("--latency", type=float, default=0.0, metavar="S")
+    hook.add_argument("--jitter", type=float, default=0.0, metavar="S")
+    hook.add_argument("--concurrency", type=int, default=8)
+    hook.add_argument("--no-retry", action="store_true", help="do not retry 429/5xx/errors")
+    hook.add_argument("--max-retries", type=int, default=5)
+    sim.add_argument(
+        "--exit-when-done", action="store_true", help="exit once every webhook is settled"
+    )
+    sim.set_defaults(func=_cmd_simulate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C before the event loop took over the signal
+        return 130
     return code
 
 

@@ -645,6 +645,43 @@ class PollerSettings(_Section):
     concurrency: int = Field(
         default=8, ge=1, description="Tickets polled at the same time (per replica)."
     )
+    retired_ttl_seconds: float = Field(
+        default=7 * 86_400.0,
+        gt=0,
+        description=(
+            "How long a retired ticket's floor is kept (in memory and in the state topic) so"
+            " that a late event does not make the poller re-publish its history."
+        ),
+    )
+    max_ids_per_ticket: int = Field(
+        default=5000,
+        ge=10,
+        description=(
+            "Event ids remembered per ticket; beyond it the oldest are folded into a floor"
+            " (ids at or below it count as published), so memory stays bounded."
+        ),
+    )
+    state_flush_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often changed ticket states are written to the state topic.",
+    )
+    group_id: str = Field(
+        default="apizee-kafka-bridge",
+        min_length=1,
+        description=(
+            "Consumer group on the state topic: replicas in one group split the tickets by"
+            " the partitions it assigns them."
+        ),
+    )
+    group_session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1000,
+        description="Session timeout of that group: how soon a dead replica's tickets move.",
+    )
+    group_heartbeat_interval_ms: int = Field(
+        default=3_000, ge=100, description="Heartbeat interval of that group (ms)."
+    )
 
 
 class BridgeSettings(BaseSettings):

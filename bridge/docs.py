@@ -34,9 +34,10 @@ def render(text: str) -> str:
     """`text` with every generated block replaced by its current rendering."""
     for name, build in BLOCKS.items():
         pattern = _pattern(name)
-        if not pattern.search(text):
+        match = pattern.search(text)
+        if match is None:
             raise ValueError(f"README has no generated block {name!r}")
-        text = pattern.sub(lambda m, b=build: m.group(1) + b() + "\n" + m.group(2), text)
+        text = text[: match.end(1)] + build() + "\n" + text[match.start(2) :]
     return text
 
 

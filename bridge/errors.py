@@ -78,3 +78,56 @@ class UnsupportedMediaTypeError(BridgeError):
 
 class BodyTooLargeError(BridgeError):
     """The webhook body exceeds the configured limit: answered 413, not stored."""
+
+
+class ApizeeError(BridgeError):
+    """Apizee's REST API did not give a ticket's events.
+
+    `kind` is a bounded label for metrics and logs; `status` is the HTTP status when Apizee
+    answered one.
+    """
+
+    kind: str = "apizee_error"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ApizeeAuthError(ApizeeError):
+    """Apizee refused the token (401) or the role's rights (403): not retried, fix the token."""
+
+    kind = "auth_failed"
+
+
+class ApizeeNotFoundError(ApizeeError):
+    """Apizee does not know the ticket (404): not retried."""
+
+    kind = "not_found"
+
+
+class ApizeeRequestError(ApizeeError):
+    """Apizee refused the request with another status (400, 410, an unfollowed 3xx): not retried."""
+
+    kind = "rejected"
+
+
+class ApizeeUnavailableError(ApizeeError):
+    """Apizee is unreachable or failing: retries exhausted, or the circuit is open (fail fast).
+
+    `kind`: `circuit_open`, `server_error` (5xx), `timeout`, `connection_error`,
+    `rate_limited` (429 on every attempt) or `client_error` (another transport failure).
+    """
+
+    KINDS = (
+        "circuit_open",
+        "server_error",
+        "timeout",
+        "connection_error",
+        "rate_limited",
+        "client_error",
+    )
+
+    def __init__(self, message: str, *, kind: str, status: int | None = None) -> None:
+        super().__init__(message, status=status)
+        self.kind = kind

@@ -51,3 +51,6 @@ def configure_logging(level: str, fmt: Literal["json", "console"]) -> None:
     root.handlers[:] = [handler]
     # aiokafka and aiohttp are chatty at INFO: their warnings and errors, unless debugging.
     root.setLevel(numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING))
+    # At DEBUG aiokafka's connection logger prints every request, SASL PLAIN credentials
+    # included: never below INFO.
+    logging.getLogger("aiokafka.conn").setLevel(max(numeric, logging.INFO))

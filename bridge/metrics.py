@@ -154,3 +154,110 @@ def registry() -> CollectorRegistry:
 
 def exposition() -> bytes:
     return generate_latest(registry())
+
+
+# Apizee REST client (bridge/apizee.py): the `status` label of apizee_requests_total.
+APIZEE_STATUSES: Final = (
+    "200",
+    "401",
+    "403",
+    "404",
+    "429",
+    "5xx",
+    "timeout",
+    "connection_error",
+    "other",
+)
+
+APIZEE_REQUESTS = Counter(
+    f"{PREFIX}_apizee_requests_total",
+    "Requests sent to Apizee's REST API (each retry counts), by status: 200, 401, 403, 404,"
+    " 429, 5xx, timeout, connection_error, other.",
+    ["status"],
+)
+APIZEE_REQUEST_DURATION = Histogram(
+    f"{PREFIX}_apizee_request_duration_seconds",
+    "Time of one request to Apizee's REST API, first byte sent to body read, by status.",
+    ["status"],
+    buckets=_LATENCY_BUCKETS,
+)
+APIZEE_RATE_LIMIT_WAITS = Counter(
+    f"{PREFIX}_apizee_rate_limit_waits_total",
+    "Requests to Apizee that waited for the client-side token bucket or a 429 pause.",
+)
+APIZEE_RATE_LIMIT_WAIT_SECONDS = Counter(
+    f"{PREFIX}_apizee_rate_limit_wait_seconds_total",
+    "Time requests to Apizee spent waiting for the token bucket or a 429 pause.",
+)
+APIZEE_CIRCUIT_STATE = Gauge(
+    f"{PREFIX}_apizee_circuit_state",
+    "Circuit breaker in front of Apizee: 0 closed, 1 half-open (one trial request), 2 open.",
+    multiprocess_mode="livemax",
+)
+APIZEE_CIRCUIT_OPENS = Counter(
+    f"{PREFIX}_apizee_circuit_opens_total",
+    "Times the circuit breaker in front of Apizee opened (calls then fail fast).",
+)
+APIZEE_INVALID_ITEMS = Counter(
+    f"{PREFIX}_apizee_invalid_items_total",
+    "REST list items (or whole bodies) from Apizee that failed validation and go to the"
+    " DLQ, by kind (invalid_json, invalid_envelope).",
+    ["kind"],
+)
+
+# Poller (bridge/poller.py) and ticket state (bridge/state.py).
+POLLS = Counter(
+    f"{PREFIX}_polls_total",
+    "Ticket polls, by outcome: ok, publish_failed, or the Apizee error kind (auth_failed,"
+    " not_found, circuit_open, server_error, timeout, connection_error, rate_limited, ...).",
+    ["outcome"],
+)
+GAPS_FOUND = Counter(
+    f"{PREFIX}_gaps_found_total",
+    "Events Apizee lists that no webhook brought (older than the settle delay), by category.",
+    ["category"],
+)
+GAPS_FILLED = Counter(
+    f"{PREFIX}_gaps_filled_total",
+    "Gaps published by the poller (source=POLLER), by category.",
+    ["category"],
+)
+ACTIVE_TICKETS = Gauge(
+    f"{PREFIX}_active_tickets",
+    "Tickets this replica polls (owned, not retired).",
+    multiprocess_mode="livesum",
+)
+POLL_LAG_SECONDS = Gauge(
+    f"{PREFIX}_poll_lag_seconds",
+    "Age of the oldest poll that is due and not started (0 when the poller keeps up).",
+    multiprocess_mode="livemax",
+)
+TICKETS_RETIRED = Counter(
+    f"{PREFIX}_tickets_retired_total",
+    "Tickets no longer polled, by reason: terminal (grace after a terminal event), idle.",
+    ["reason"],
+)
+STATE_TICKETS = Gauge(
+    f"{PREFIX}_state_tickets",
+    "Tickets held in the state store (owned and recently seen).",
+    multiprocess_mode="livesum",
+)
+STATE_WRITES = Counter(
+    f"{PREFIX}_state_writes_total",
+    "Ticket state records written to the compacted state topic.",
+)
+STATE_ERRORS = Counter(
+    f"{PREFIX}_state_errors_total",
+    "State topic problems, by kind: write (flush failed, retried), corrupt_record (skipped).",
+    ["kind"],
+)
+STATE_RESTORE_SECONDS = Gauge(
+    f"{PREFIX}_state_restore_seconds",
+    "Duration of the last state restore (reading assigned partitions to their end).",
+    multiprocess_mode="livemax",
+)
+STATE_READY = Gauge(
+    f"{PREFIX}_state_restored",
+    "1 once the state of this replica's partitions is restored (readiness needs it).",
+    multiprocess_mode="livemin",
+)

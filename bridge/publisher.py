@@ -33,6 +33,9 @@ DLQ_SUFFIX: Final = "dlq"
 # Headroom over the largest webhook body for headers and framing of a dead-lettered record.
 _DLQ_OVERHEAD_BYTES: Final = 64 * 1024
 _DLQ_REASON_MAX_BYTES: Final = 1024
+# aiokafka's SCRAM client raises KeyError or ValueError, not a KafkaError, when the broker
+# ends the exchange with an error ("e=unknown-user", "e=invalid-proof") or a bad signature.
+_CONNECT_ERRORS: Final = (KafkaError, OSError, TimeoutError, KeyError, ValueError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +239,7 @@ class Publisher:
         while self._producer is None:
             try:
                 self._producer = await self._connect()
-            except (KafkaError, OSError, TimeoutError) as exc:
+            except _CONNECT_ERRORS as exc:
                 self._set_health(False, f"cannot connect: {type(exc).__name__}")
                 log.warning("kafka_connect_failed", error=type(exc).__name__, retry_in=backoff)
                 await asyncio.sleep(backoff)
@@ -259,7 +262,7 @@ class Publisher:
                     # A new cluster, or one that lost its topics (the memory-only dev broker
                     # after a restart): create them again when we may.
                     missing = await self.ensure_topics()
-        except (KafkaError, OSError, TimeoutError) as exc:
+        except _CONNECT_ERRORS as exc:
             self._set_health(False, f"metadata unavailable: {type(exc).__name__}")
             metrics.KAFKA_METADATA_AGE.set(self.metadata_age or 0.0)
             return

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
@@ -37,6 +38,7 @@ def consume(
     min_count: int | None = None,
     timeout: float = 30.0,
     drain: float = 0.5,
+    config: Mapping[str, Any] | None = None,
 ) -> list[Record]:
     """Every record of `topics`, sorted by (topic, partition, offset).
 
@@ -45,6 +47,8 @@ def consume(
     Without: read up to the end offsets of the topics that exist now (a missing topic has
     no records). Either way, return what was read when `timeout` passes; the caller's
     assertion says what was missing.
+    `config` is merged into the librdkafka consumer config (e.g. `security.protocol`,
+    `ssl.ca.location`, `sasl.*` for a secured cluster).
     Blocking: from async code, use `consume_async` so the event loop keeps running.
     """
     wanted = sorted(set(topics))
@@ -59,6 +63,7 @@ def consume(
             "enable.partition.eof": False,
             "fetch.wait.max.ms": 50,
             "log.connection.close": False,
+            **(config or {}),
         }
     )
     records: list[Record] = []
@@ -100,10 +105,17 @@ async def consume_async(
     min_count: int | None = None,
     timeout: float = 30.0,  # noqa: ASYNC109 - same signature as consume, by design
     drain: float = 0.5,
+    config: Mapping[str, Any] | None = None,
 ) -> list[Record]:
     """`consume` in a worker thread, for tests whose event loop runs the code under test."""
     return await asyncio.to_thread(
-        consume, bootstrap, list(topics), min_count=min_count, timeout=timeout, drain=drain
+        consume,
+        bootstrap,
+        list(topics),
+        min_count=min_count,
+        timeout=timeout,
+        drain=drain,
+        config=config,
     )
 
 

@@ -1,0 +1,596 @@
+"""`apizee-bridge dev`, what `make run` runs: a local broker (unless one is configured), the
+bridge with a generated token, and a console consumer printing each event as it lands in Kafka.
+
+Dev tooling: the banner prints the session's token on purpose; nothing here runs in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shlex
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+import orjson
+import structlog
+from aiohttp import ClientError, ClientSession, ClientTimeout
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from bridge.app import Listening, serve
+from bridge.auth import sign
+from bridge.codec import Codec
+from bridge.config import (
+    AdminSettings,
+    BridgeSettings,
+    ConfigError,
+    IngressSettings,
+    KafkaSettings,
+    env_name,
+    load_settings,
+)
+from bridge.devbroker import DevBrokerError, TansuBroker
+from bridge.errors import BridgeError
+from bridge.logs import configure_logging
+from bridge.publisher import DLQ_SUFFIX, TopicNames, connection_kwargs
+
+log = structlog.get_logger(__name__)
+
+# The "Example Payload" of the conversationevent.create webhook in Apizee's Session Events API
+# (tests/fixtures/seed_webhook_example.json), embedded: the package may be installed without
+# its tests.
+SEED_WEBHOOK: Final = (
+    b'{"event":"create","time":1749581447,"object":"conversationevent","objectId":1266,'
+    b'"props":{"eventType":"media.OCRDone","eventCode":41,"conversationId":548,"ticketId":361,'
+    b'"text":"text captured by OCR"}}'
+)
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_CONFIG: Final = 2  # as `apizee-bridge run` (bridge.cli.EXIT_CONFIG)
+
+_LOOPBACK: Final = "127.0.0.1"
+_WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - compared, not bound
+_POLL_MS: Final = 200
+_DISCOVER_SECONDS: Final = 0.25  # until every bridge topic is assigned
+_REDISCOVER_SECONDS: Final = 10.0  # afterwards, to notice added partitions
+_RECONNECT_SECONDS: Final = 1.0
+_RECONNECT_MAX_SECONDS: Final = 10.0
+_READY_TIMEOUT: Final = 20.0
+_CONSUMER_STOP_SECONDS: Final = 2.0
+_SUMMARY_CHARS: Final = 160
+_DLQ_BODY_BYTES: Final = 80
+
+
+class DevModeError(BridgeError):
+    """Dev mode cannot start; the message says what to change."""
+
+
+def _say(text: str = "") -> None:
+    # The banner and the consumer lines are the interface of dev mode: stdout, unbuffered, so
+    # that a pipe (or a test) sees each line as it is printed. Logs go to stderr.
+    print(text, flush=True)
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What dev mode decided before starting anything."""
+
+    settings: BridgeSettings  # the user's settings; the broker's address is filled in later
+    overrides: dict[str, dict[str, Any]]
+    generated_token: str | None
+    local_broker: bool
+    # Sections ("ingress", "admin") whose default port was busy, with that port.
+    busy_defaults: dict[str, int] = field(default_factory=dict)
+
+
+def _user_settings() -> tuple[BridgeSettings, str | None]:
+    """The user's settings; with a generated token when they configure no authentication."""
+    try:
+        return load_settings(), None
+    except ConfigError as exc:
+        # config names the "no method configured" problem BRIDGE_AUTH_*; any other problem
+        # is the user's to fix, and is reported without that line once the token is in.
+        no_method = env_name("auth", "*") + ":"
+        if not any(line.startswith(no_method) for line in str(exc).splitlines()):
+            raise
+    token = secrets.token_urlsafe(24)
+    return load_settings(auth={"token": token}), token
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As asyncio's create_server does: a port in TIME_WAIT is free to listen on.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))  # noqa: S104
+        except OSError:
+            return False
+    return True
+
+
+def _plan() -> _Plan:
+    settings, token = _user_settings()
+    overrides: dict[str, dict[str, Any]] = {}
+    busy_defaults: dict[str, int] = {}
+    if token is not None:
+        overrides["auth"] = {"token": token}
+    if "format" not in settings.log.model_fields_set:
+        overrides["log"] = {"format": "console"}
+    servers: tuple[tuple[str, IngressSettings | AdminSettings], ...] = (
+        ("ingress", settings.ingress),
+        ("admin", settings.admin),
+    )
+    for section, server in servers:
+        if server.port == 0 or _port_is_free(server.host, server.port):
+            continue
+        variable = env_name(section, "port")
+        if "port" in server.model_fields_set:
+            raise DevModeError(
+                f"port {server.port} ({variable}) is already in use: choose another, or unset"
+                f" {variable} to let dev mode pick a free one"
+            )
+        # The default port is busy (another bridge, a dev server): a newcomer's first
+        # `make run` should work anyway, on a port the kernel picks.
+        overrides[section] = {"port": 0}
+        busy_defaults[section] = server.port
+    return _Plan(
+        settings=settings,
+        overrides=overrides,
+        generated_token=token,
+        local_broker="bootstrap_servers" not in settings.kafka.model_fields_set,
+        busy_defaults=busy_defaults,
+    )
+
+
+def _local_kafka(kafka: KafkaSettings, bootstrap_servers: str) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers,
+        # tansu has no idempotent producer, and one node cannot hold more than one replica.
+        "enable_idempotence": False,
+        "topic_replication_factor": 1,
+    }
+    if "topic_partitions" not in kafka.model_fields_set:
+        values["topic_partitions"] = 3
+    return values
+
+
+# -- the local broker and signals ----------------------------------------------------------
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Let a bounded cleanup finish: a second Ctrl-C must not orphan the broker."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _local_broker() -> Iterator[TansuBroker]:
+    with tempfile.TemporaryDirectory(prefix="apizee-bridge-dev-") as directory:
+        broker = TansuBroker(log_path=Path(directory) / "tansu.log")
+        # The broker runs in its own session (so the terminal's Ctrl-C reaches only us):
+        # whatever happens here, it must be stopped before we exit.
+        try:
+            broker.start()
+            yield broker
+        finally:
+            with _signals_ignored():
+                broker.stop()
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+def run_dev() -> int:
+    """Run dev mode until Ctrl-C or SIGTERM; 0 on a clean stop."""
+    # Until the event loop takes over the signals (and after it gives them back), SIGTERM
+    # unwinds like Ctrl-C, through the `finally` that stops the broker.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run_dev()
+    except KeyboardInterrupt:
+        _say("apizee-bridge dev: interrupted")
+        return EXIT_OK
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_dev() -> int:
+    try:
+        plan = _plan()
+    except ConfigError as exc:
+        print(f"apizee-bridge dev: invalid configuration:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except DevModeError as exc:
+        print(f"apizee-bridge dev: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        with contextlib.ExitStack() as stack:
+            overrides = dict(plan.overrides)
+            broker: TansuBroker | None = None
+            if plan.local_broker:
+                _say("apizee-bridge dev: starting a local Kafka-protocol broker (tansu) ...")
+                broker = stack.enter_context(_local_broker())
+                overrides["kafka"] = _local_kafka(plan.settings.kafka, broker.bootstrap_servers)
+            settings = load_settings(**overrides)
+            configure_logging(settings.log.level, settings.log.format)
+            _run_loop(_session(settings, plan, broker))
+    except DevBrokerError as exc:
+        print(
+            f"apizee-bridge dev: the local broker failed: {exc}\n(or set"
+            f" {env_name('kafka', 'bootstrap_servers')} to use a running Kafka cluster)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except OSError as exc:  # a port taken between the check and the bind
+        print(f"apizee-bridge dev: cannot listen: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    _say("apizee-bridge dev: stopped")
+    return EXIT_OK
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a Linux dependency
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+# -- the session: bridge, console consumer, banner -------------------------------------------
+
+
+async def _session(settings: BridgeSettings, plan: _Plan, broker: TansuBroker | None) -> None:
+    """Run the bridge and the console consumer until SIGINT/SIGTERM, then stop both."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # serve() installs the same handlers on the same event; installed here too so that a
+    # Ctrl-C before the bridge listens also stops everything.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    listening: asyncio.Future[Listening] = loop.create_future()
+    consumer = ConsoleConsumer(settings.kafka)
+    consumer_task = asyncio.create_task(consumer.run(stop), name="dev-console-consumer")
+
+    # A defect in the consumer stops the session rather than leaving a silent console.
+    def stop_on_failure(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            stop.set()
+
+    consumer_task.add_done_callback(stop_on_failure)
+    announce_task = asyncio.create_task(
+        _announce(settings, plan, broker, listening, consumer, stop), name="dev-banner"
+    )
+    try:
+        await serve(settings, stop=stop, on_listening=listening.set_result)
+    finally:
+        # The bridge has drained and flushed: what it published has been printed, or will be
+        # within one poll; then the consumer stops.
+        stop.set()
+        announce_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await announce_task
+        # It stops within one poll, unless a request to an unreachable cluster is pending.
+        await asyncio.wait({consumer_task}, timeout=_CONSUMER_STOP_SECONDS)
+        consumer_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer_task
+
+
+async def _announce(
+    settings: BridgeSettings,
+    plan: _Plan,
+    broker: TansuBroker | None,
+    listening: asyncio.Future[Listening],
+    consumer: ConsoleConsumer,
+    stop: asyncio.Event,
+) -> None:
+    """Print the banner once the bridge is ready and the console consumer sees every topic."""
+    where = await listening
+    admin_base = f"http://{_url_host(settings.admin.host)}:{where.admin_port}"
+    deadline = time.monotonic() + _READY_TIMEOUT
+    ready = await _wait_ready(f"{admin_base}/readyz", deadline, stop)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            await consumer.all_assigned.wait()
+    if not stop.is_set():
+        _say(_banner(settings, plan, broker, where, admin_base, ready))
+
+
+async def _wait_ready(url: str, deadline: float, stop: asyncio.Event) -> bool:
+    async with ClientSession(timeout=ClientTimeout(total=1.0)) as session:
+        while time.monotonic() < deadline and not stop.is_set():
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return True
+            except (ClientError, TimeoutError):
+                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
+    return False
+
+
+def _url_host(host: str) -> str:
+    if host in _WILDCARD_HOSTS:
+        return _LOOPBACK
+    return f"[{host}]" if ":" in host else host
+
+
+def _banner(
+    settings: BridgeSettings,
+    plan: _Plan,
+    broker: TansuBroker | None,
+    where: Listening,
+    admin_base: str,
+    ready: bool,
+) -> str:
+    topics = TopicNames(settings.kafka.topic_prefix)
+    kafka = (
+        f"tansu (memory only, pid {broker.pid}) on {broker.bootstrap_servers}"
+        if broker is not None
+        else f"{settings.kafka.bootstrap_servers} ({env_name('kafka', 'bootstrap_servers')})"
+    )
+    suffixes = ",".join(t.removeprefix(topics.prefix + ".") for t in topics.all())
+    auth_line, curl_auth = _auth_for_curl(settings, plan.generated_token)
+    webhook = where.webhook_url
+    bound = {"ingress": where.public_port, "admin": where.admin_port}
+    notes = [
+        f"{section} port {port} (the default) is busy: listening on {bound[section]} instead;"
+        f" set {env_name(section, 'port')} to choose"
+        for section, port in plan.busy_defaults.items()
+    ]
+    curl = shlex.join(
+        [
+            "curl",
+            "-sS",
+            "-w",
+            r"\n",
+            webhook,
+            "-H",
+            "Content-Type: application/json",
+            *curl_auth,
+            "--data-binary",
+            SEED_WEBHOOK.decode(),
+        ]
+    )
+    lines = [
+        "",
+        "apizee-bridge dev: ready" if ready else "apizee-bridge dev: listening, Kafka NOT ready",
+        f"  kafka    {kafka}",
+        f"  topics   {topics.prefix}.{{{suffixes}}}",
+        f"  webhook  {webhook}",
+        f"  admin    {admin_base}/metrics  {admin_base}/readyz",
+        f"  {auth_line}",
+        *(f"  note     {note}" for note in notes),
+        "",
+        "Post the seed example (media.OCRDone, event 1266); it shows up below as it lands:",
+        "",
+        f"  {curl}",
+        "",
+        "Ctrl-C stops the bridge" + (" and the broker." if broker is not None else "."),
+        "",
+    ]
+    if not ready:
+        lines.insert(2, f"  (the bridge answers 503 until {admin_base}/readyz says ready)")
+    return "\n".join(lines)
+
+
+def _auth_for_curl(settings: BridgeSettings, generated_token: str | None) -> tuple[str, list[str]]:
+    """The banner's auth line and the curl arguments that authenticate the seed example.
+
+    Only the generated token is shown; configured secrets stay out of the terminal (an HMAC
+    signature can be computed without showing its key).
+    """
+    auth = settings.auth
+    if generated_token is not None:
+        return (
+            f"token    {generated_token}   (generated for this session; header"
+            f" {auth.token_header})",
+            ["-H", f"{auth.token_header}: {generated_token}"],
+        )
+    if auth.insecure_no_auth:
+        return "auth     none (BRIDGE_AUTH_INSECURE_NO_AUTH)", []
+    if auth.hmac_secret is not None:
+        timestamp = int(time.time()) if auth.timestamp_header else None
+        signature = sign(
+            auth.hmac_secret.get_secret_value().encode("utf-8", "surrogatepass"),
+            SEED_WEBHOOK,
+            timestamp,
+            auth.hmac_encoding,
+        )
+        arguments = ["-H", f"{auth.hmac_header}: {auth.hmac_prefix}{signature}"]
+        note = ""
+        if auth.timestamp_header is not None:
+            arguments += ["-H", f"{auth.timestamp_header}: {timestamp}"]
+            note = f"; the signed timestamp expires in {auth.timestamp_tolerance_seconds}s"
+        return f"auth     hmac (configured{note})", arguments
+    if auth.token is not None:
+        return (
+            "auth     token (configured, not shown: put it in the curl below)",
+            ["-H", f"{auth.token_header}: <{env_name('auth', 'token')}>"],
+        )
+    return (
+        "auth     basic (configured, not shown: put the password in the curl below)",
+        ["-u", f"{auth.basic_username}:<{env_name('auth', 'basic_password')}>"],
+    )
+
+
+# -- the console consumer ------------------------------------------------------------------
+
+
+class ConsoleConsumer:
+    """Prints one line per record written to the bridge's topics, as it lands.
+
+    No consumer group: partitions are assigned by hand, so nothing is committed and no other
+    reader is disturbed. Partitions that exist at start are read from their end (only what
+    lands now); partitions that appear later (the bridge creates its topics at start-up) are
+    read from their beginning, so their first records are not missed.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        codec: Codec | None = None,
+        out: Callable[[str], None] = _say,
+    ) -> None:
+        self._settings = settings
+        self._codec = codec or Codec()
+        self._out = out
+        self._topics = TopicNames(settings.topic_prefix)
+        self._wanted = self._topics.all()
+        self._assigned: set[TopicPartition] = set()
+        # Next offset to print per assigned partition, kept across reconnects and re-assigns.
+        self._positions: dict[TopicPartition, int] = {}
+        self._first_discovery = True
+        self.all_assigned = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set; reconnects (with backoff) while Kafka is unreachable."""
+        backoff = _RECONNECT_SECONDS
+        while not stop.is_set():
+            kwargs = connection_kwargs(self._settings)
+            kwargs["client_id"] = f"{self._settings.client_id}-dev-console"
+            consumer = AIOKafkaConsumer(
+                **kwargs, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+            )
+            admin = AIOKafkaAdminClient(**kwargs)
+            try:
+                await consumer.start()
+                await admin.start()
+                backoff = _RECONNECT_SECONDS
+                await self._consume(consumer, admin, stop)
+            except (KafkaError, OSError) as exc:
+                log.warning(
+                    "console_consumer_disconnected", error=type(exc).__name__, retry_in=backoff
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, _RECONNECT_MAX_SECONDS)
+            finally:
+                await admin.close()
+                await consumer.stop()
+
+    async def _consume(
+        self, consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient, stop: asyncio.Event
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        if self._assigned:  # a reconnect: carry on from the last printed offsets
+            await self._assign(consumer, set())
+        next_discovery = loop.time()
+        while not stop.is_set():
+            if loop.time() >= next_discovery:
+                await self._discover(consumer, admin)
+                done = self.all_assigned.is_set()
+                next_discovery = loop.time() + (_REDISCOVER_SECONDS if done else _DISCOVER_SECONDS)
+            if not self._assigned:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), _POLL_MS / 1000)
+                continue
+            batches = await consumer.getmany(timeout_ms=_POLL_MS)
+            for tp, records in sorted(batches.items()):
+                for record in records:
+                    self._out(self.describe(record))
+                    self._positions[tp] = record.offset + 1
+
+    async def _discover(self, consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient) -> None:
+        """Assign the partitions of the bridge's topics that are not assigned yet."""
+        # Metadata of all topics, then filtered: naming absent topics in a Metadata request
+        # could auto-create them on clusters that allow it, with the wrong partition count.
+        described = await admin.describe_topics()
+        present = {
+            TopicPartition(topic["topic"], partition["partition"])
+            for topic in described
+            if topic["topic"] in self._wanted and topic["error_code"] == 0
+            for partition in topic["partitions"]
+        }
+        new = present - self._assigned
+        if new:
+            await self._assign(consumer, new)
+        if {tp.topic for tp in self._assigned} >= set(self._wanted):
+            self.all_assigned.set()
+        self._first_discovery = False
+
+    async def _assign(self, consumer: AIOKafkaConsumer, new: set[TopicPartition]) -> None:
+        # assign() replaces the assignment and forgets every position: restore them.
+        self._assigned |= new
+        consumer.assign(sorted(self._assigned))
+        for tp, offset in self._positions.items():
+            consumer.seek(tp, offset)
+        unknown = sorted(self._assigned - self._positions.keys())
+        if unknown:
+            if self._first_discovery:
+                await consumer.seek_to_end(*unknown)
+            else:
+                await consumer.seek_to_beginning(*unknown)
+            for tp in unknown:
+                self._positions[tp] = await consumer.position(tp)
+
+    def describe(self, record: Any) -> str:
+        """One line for one record: where it landed, what it is, a short summary."""
+        key = record.key.decode(errors="replace") if record.key is not None else "-"
+        where = f"{record.topic} p{record.partition}@{record.offset} key={key}"
+        value: bytes = record.value or b""
+        if record.topic == self._topics.dlq:
+            headers = {name: raw.decode(errors="replace") for name, raw in record.headers or ()}
+            body = value[:_DLQ_BODY_BYTES]
+            more = f"... ({len(value)} bytes)" if len(value) > _DLQ_BODY_BYTES else ""
+            return (
+                f"{where} {DLQ_SUFFIX.upper()} kind={headers.get('dlq-kind', '?')}"
+                f" reason={_clip(headers.get('dlq-reason', '?'))!r} body={body!r}{more}"
+            )
+        try:
+            event = self._codec.decode(value)
+        except (BridgeError, ValueError, KeyError) as exc:
+            return f"{where} UNDECODABLE ({exc}) {value[:_DLQ_BODY_BYTES]!r}"
+        occurred = datetime.fromtimestamp(event.occurred_at_ms / 1000, UTC)
+        facts = {
+            "code": event.event_code,
+            "ticket": event.ticket_id,
+            "conversation": event.conversation_id,
+            **{name: v for name, v in event.attributes.items() if v is not None},
+        }
+        if event.extra:
+            facts["extra"] = event.extra
+        summary = " ".join(f"{name}={_compact(v)}" for name, v in facts.items() if v is not None)
+        return (
+            f"{where} {event.event_type} id={event.event_id} {event.source.value}"
+            f" at={occurred.strftime('%Y-%m-%dT%H:%M:%SZ')} {_clip(summary)}"
+        )
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, str | int | float):
+        return repr(value) if isinstance(value, str) else str(value)
+    return orjson.dumps(value, default=str).decode()
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _SUMMARY_CHARS else text[: _SUMMARY_CHARS - 3] + "..."

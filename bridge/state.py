@@ -1,0 +1,440 @@
+"""Ticket state: which event ids were published per ticket, kept in a compacted Kafka topic.
+
+Records are keyed by ticketId and hold one writer's whole knowledge of a ticket; readers
+merge records by union (ids, max of times), so losing an older record to compaction can
+cost a duplicate, never an event. Each replica owns the tickets of the state-topic
+partitions a consumer group assigns it, restores them at start, and polls only those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
+
+from bridge import metrics
+from bridge.catalog import TERMINAL_EVENT_TYPES
+from bridge.config import KafkaSettings, PollerSettings
+
+log = structlog.get_logger(__name__)
+
+STATE_SUFFIX: Final = "bridge-state"
+STATE_VERSION: Final = 1
+# How long a ticket owned by another replica stays in memory after its last event here.
+_FOREIGN_KEEP_MS: Final = 60_000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class TicketState:
+    """What the bridge knows of one ticket. Ids <= `floor` count as published."""
+
+    ticket_id: int
+    ids: set[int] = field(default_factory=set)
+    floor: int = 0
+    last_event_ms: int = 0
+    last_poll_ms: int = 0
+    terminal_ms: int = 0
+    retired_ms: int = 0
+    # Keys (ids or content hashes) of malformed REST items already sent to the DLQ.
+    rejected: set[str] = field(default_factory=set)
+
+    def has(self, event_id: int) -> bool:
+        return event_id <= self.floor or event_id in self.ids
+
+    def add(self, event_id: int, max_ids: int) -> None:
+        if event_id <= self.floor:
+            return
+        self.ids.add(event_id)
+        if len(self.ids) > max_ids:
+            # Ids grow over time: forgetting the oldest behind a floor keeps memory bounded.
+            ordered = sorted(self.ids)
+            cut = len(ordered) - max_ids
+            self.floor = max(self.floor, ordered[cut - 1])
+            self.ids = set(ordered[cut:])
+
+    def merge(self, other: TicketState, max_ids: int) -> bool:
+        """Union `other` into this state; True if anything changed."""
+        before = self._signature()
+        self.floor = max(self.floor, other.floor)
+        self.ids = {i for i in self.ids if i > self.floor}
+        for event_id in other.ids:
+            self.add(event_id, max_ids)
+        self.last_event_ms = max(self.last_event_ms, other.last_event_ms)
+        self.last_poll_ms = max(self.last_poll_ms, other.last_poll_ms)
+        self.terminal_ms = max(self.terminal_ms, other.terminal_ms)
+        self.retired_ms = max(self.retired_ms, other.retired_ms)
+        self.rejected |= other.rejected
+        return self._signature() != before
+
+    def _signature(self) -> tuple[int, ...]:
+        # Merging only grows a state, so sizes and maxima tell whether anything changed.
+        return (
+            len(self.ids),
+            self.floor,
+            self.last_event_ms,
+            self.last_poll_ms,
+            self.terminal_ms,
+            self.retired_ms,
+            len(self.rejected),
+        )
+
+    @property
+    def retired(self) -> bool:
+        return self.retired_ms > 0 and self.retired_ms >= self.last_event_ms
+
+    def retire(self, at_ms: int) -> None:
+        """Keep only a floor: enough to not re-publish history if the ticket comes back."""
+        self.floor = max(self.floor, max(self.ids, default=0))
+        self.ids = set()
+        self.rejected = set()
+        self.retired_ms = at_ms
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": STATE_VERSION,
+                "ticketId": self.ticket_id,
+                "ids": sorted(self.ids),
+                "floor": self.floor,
+                "lastEventMs": self.last_event_ms,
+                "lastPollMs": self.last_poll_ms,
+                "terminalMs": self.terminal_ms,
+                "retiredMs": self.retired_ms,
+                "rejected": sorted(self.rejected),
+            }
+        )
+
+    @classmethod
+    def decode(cls, ticket_id: int, value: bytes) -> TicketState:
+        data: dict[str, Any] = orjson.loads(value)
+        return cls(
+            ticket_id=ticket_id,
+            ids=set(data.get("ids", ())),
+            floor=int(data.get("floor", 0)),
+            last_event_ms=int(data.get("lastEventMs", 0)),
+            last_poll_ms=int(data.get("lastPollMs", 0)),
+            terminal_ms=int(data.get("terminalMs", 0)),
+            retired_ms=int(data.get("retiredMs", 0)),
+            rejected=set(data.get("rejected", ())),
+        )
+
+
+def partition_for(ticket_id: int, partitions: int) -> int:
+    """The state-topic partition of a ticket: Kafka's default partitioner on its key."""
+    return int(murmur2(str(ticket_id).encode()) & 0x7FFFFFFF) % partitions
+
+
+class StateStore:
+    """The tickets this process knows, which of them it owns, and what must be written."""
+
+    def __init__(self, max_ids: int, clock: Callable[[], int] = now_ms) -> None:
+        self._max_ids = max_ids
+        self._clock = clock
+        self.tickets: dict[int, TicketState] = {}
+        self._dirty: set[int] = set()
+        self._partitions = 0
+        self._owned: set[int] = set()
+        self._restoring: set[int] = set()
+        # Called after the owned partitions changed (the poller reschedules).
+        self.on_owned_change: Callable[[], None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.tickets)
+
+    def get(self, ticket_id: int) -> TicketState:
+        state = self.tickets.get(ticket_id)
+        if state is None:
+            state = self.tickets[ticket_id] = TicketState(ticket_id)
+        return state
+
+    def seen(self, ticket_id: int, event_id: int) -> bool:
+        state = self.tickets.get(ticket_id)
+        return state is not None and state.has(event_id)
+
+    def record(self, ticket_id: int, event_id: int, event_type: str, occurred_ms: int) -> None:
+        """An event of this ticket was published (by the ingress or the poller)."""
+        state = self.get(ticket_id)
+        state.add(event_id, self._max_ids)
+        state.last_event_ms = max(state.last_event_ms, self._clock())
+        if event_type in TERMINAL_EVENT_TYPES:
+            state.terminal_ms = state.terminal_ms or max(occurred_ms, 1)
+        self._dirty.add(ticket_id)
+
+    def mark_dirty(self, ticket_id: int) -> None:
+        self._dirty.add(ticket_id)
+
+    def forget(self, ticket_id: int) -> None:
+        self.tickets.pop(ticket_id, None)
+        self._dirty.discard(ticket_id)
+
+    def sweep_foreign(self, older_than_ms: int) -> int:
+        """Drop written tickets of partitions this replica neither owns nor restores.
+
+        The ingress records every ticket it publishes for; the owner merges what was
+        written, so a foreign ticket is only kept while it is recent (for dedupe).
+        """
+        if not self._partitions:
+            return 0
+        local = self._owned | self._restoring
+        stale = [
+            t
+            for t, s in self.tickets.items()
+            if t not in self._dirty
+            and s.last_event_ms < older_than_ms
+            and partition_for(t, self._partitions) not in local
+        ]
+        for ticket_id in stale:
+            del self.tickets[ticket_id]
+        return len(stale)
+
+    def take_dirty(self) -> list[TicketState]:
+        dirty = [self.tickets[t] for t in self._dirty if t in self.tickets]
+        self._dirty.clear()
+        return dirty
+
+    def merge_record(self, ticket_id: int, value: bytes | None) -> None:
+        """Fold a record read from the state topic into memory (a tombstone forgets)."""
+        if value is None:
+            self.tickets.pop(ticket_id, None)
+            return
+        try:
+            incoming = TicketState.decode(ticket_id, value)
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            metrics.STATE_ERRORS.labels(kind="corrupt_record").inc()
+            log.warning("state_record_corrupt", ticket_id=ticket_id)
+            return
+        current = self.tickets.get(ticket_id)
+        if current is None:
+            self.tickets[ticket_id] = incoming
+        elif current.merge(incoming, self._max_ids) and self.owns(ticket_id):
+            # Another writer knew more: persist the union under our record so that
+            # compaction keeps a complete one.
+            self._dirty.add(ticket_id)
+
+    # -- ownership ---------------------------------------------------------------------
+
+    def set_partitions(self, count: int) -> None:
+        self._partitions = count
+
+    def owns(self, ticket_id: int) -> bool:
+        if not self._partitions:
+            return False
+        return partition_for(ticket_id, self._partitions) in self._owned
+
+    def restoring(self, partitions: Iterable[int]) -> None:
+        self._restoring |= set(partitions)
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        parts = set(partitions)
+        self._restoring -= parts
+        self._owned |= parts
+        self._notify()
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        lost = set(partitions)
+        self._owned -= lost
+        self._restoring -= lost
+        if self._partitions:
+            for ticket_id in [
+                t for t in self.tickets if partition_for(t, self._partitions) in lost
+            ]:
+                del self.tickets[ticket_id]
+        self._notify()
+
+    @property
+    def owned_partitions(self) -> frozenset[int]:
+        return frozenset(self._owned)
+
+    def owned_tickets(self) -> list[TicketState]:
+        return [s for t, s in self.tickets.items() if self.owns(t)]
+
+    def _notify(self) -> None:
+        if self.on_owned_change is not None:
+            self.on_owned_change()
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, sync: StateSync) -> None:
+        self._sync = sync
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._sync.on_revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._sync.on_assigned({tp.partition for tp in assigned})
+
+
+class StateSync:
+    """Keeps the StateStore and the state topic in step: restore, follow, write.
+
+    A consumer group on the state topic decides which partitions (hence tickets) this
+    replica owns; on assignment it reads those partitions from the beginning to the end
+    offsets of that moment (the restore), then keeps following them to merge what other
+    replicas write. A writer task flushes dirty tickets every flush interval.
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        kafka: KafkaSettings,
+        poller: PollerSettings,
+        send: Callable[[str, bytes, bytes | None], Any],
+        connection_kwargs: dict[str, Any],
+    ) -> None:
+        self.store = store
+        self.topic = f"{kafka.topic_prefix}.{STATE_SUFFIX}"
+        self._poller = poller
+        self._send = send
+        self._conn = connection_kwargs
+        self._consumer: AIOKafkaConsumer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._restoring: dict[int, int] = {}
+        self._pending_assign: set[int] = set()
+        self._restore_started = 0.0
+        self.restored = asyncio.Event()
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._follow(), name="state-follow"),
+            asyncio.create_task(self._write_loop(), name="state-write"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(KafkaError, TimeoutError):
+            await asyncio.wait_for(self.flush(), 5.0)
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def flush(self) -> int:
+        """Write every dirty ticket; returns how many records were written."""
+        dirty = self.store.take_dirty()
+        for state in dirty:
+            key = str(state.ticket_id).encode()
+            try:
+                await self._send(self.topic, key, state.encode())
+            except Exception:
+                self.store.mark_dirty(state.ticket_id)
+                raise
+        if dirty:
+            metrics.STATE_WRITES.inc(len(dirty))
+        return len(dirty)
+
+    async def tombstone(self, ticket_id: int) -> None:
+        await self._send(self.topic, str(ticket_id).encode(), None)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._poller.state_flush_seconds)
+            try:
+                await self.flush()
+                self.store.sweep_foreign(now_ms() - _FOREIGN_KEEP_MS)
+            except Exception as exc:  # keep the loop alive: Kafka may be down for a while
+                metrics.STATE_ERRORS.labels(kind="write").inc()
+                log.warning("state_flush_failed", error=type(exc).__name__)
+
+    async def on_revoked(self, partitions: set[int]) -> None:
+        if partitions:
+            # Hand over what we know before the next owner restores it.
+            with contextlib.suppress(Exception):
+                await self.flush()
+            log.info("state_partitions_revoked", partitions=sorted(partitions))
+        self.store.revoke(partitions)
+
+    async def on_assigned(self, partitions: set[int]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        parts = consumer.partitions_for_topic(self.topic) or set()
+        self.store.set_partitions(len(parts))
+        if not partitions:
+            self.store.assign(())
+            self._check_restored()
+            return
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        ends = await consumer.end_offsets(tps)
+        consumer.seek_to_beginning(*tps)
+        self._restore_started = time.monotonic()
+        self._restoring = {tp.partition: ends[tp] for tp in tps if ends[tp] > 0}
+        self._pending_assign = set(partitions)
+        self.store.restoring(partitions)
+        log.info("state_partitions_assigned", partitions=sorted(partitions))
+        self._check_restored()
+
+    def _check_restored(self) -> None:
+        if self._restoring:
+            return
+        pending = self._pending_assign
+        if pending:
+            self.store.assign(pending)
+            self._pending_assign = set()
+            metrics.STATE_RESTORE_SECONDS.set(time.monotonic() - self._restore_started)
+        metrics.STATE_TICKETS.set(len(self.store))
+        metrics.STATE_READY.set(1)
+        if not self.restored.is_set():
+            log.info("state_restored", tickets=len(self.store))
+        self.restored.set()
+
+    async def _follow(self) -> None:
+        poller = self._poller
+        backoff = 0.5
+        while self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                **self._conn,
+                group_id=poller.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=poller.group_session_timeout_ms,
+                heartbeat_interval_ms=poller.group_heartbeat_interval_ms,
+            )
+            try:
+                await consumer.start()
+            except (KafkaError, OSError) as exc:
+                await consumer.stop()
+                log.warning("state_consumer_failed", error=type(exc).__name__, retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            self._consumer = consumer
+        consumer = self._consumer
+        consumer.subscribe([self.topic], listener=_Rebalance(self))
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            for tp, records in batches.items():
+                for record in records:
+                    if record.key is None:
+                        continue
+                    try:
+                        ticket_id = int(record.key)
+                    except ValueError:
+                        metrics.STATE_ERRORS.labels(kind="corrupt_record").inc()
+                        continue
+                    self.store.merge_record(ticket_id, record.value)
+                end = self._restoring.get(tp.partition)
+                if end is not None and await consumer.position(tp) >= end:
+                    del self._restoring[tp.partition]
+                    self._check_restored()
+            if self._restoring:
+                # Partitions whose restore ends at offsets of compacted-away records.
+                for partition, end in list(self._restoring.items()):
+                    tp = TopicPartition(self.topic, partition)
+                    if await consumer.position(tp) >= end:
+                        del self._restoring[partition]
+                self._check_restored()
