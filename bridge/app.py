@@ -59,8 +59,9 @@ async def bridge_resources(settings: BridgeSettings) -> AsyncIterator[Ingress]:
 
 
 def _bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp keeps the asyncio.Server here; public API has no port
-    assert isinstance(server, asyncio.base_events.Server)
+    # aiohttp keeps the listening server here; before 3.12 its public API has no bound port.
+    # Not an asyncio.base_events.Server under uvloop, but both kinds have `sockets`.
+    server: Any = site._server
     port: int = server.sockets[0].getsockname()[1]
     return port
 
@@ -87,7 +88,7 @@ async def serve(
         public = web.AppRunner(
             build_public_app(ingress),
             handle_signals=False,
-            access_log=log if ingress_settings.access_log else None,  # type: ignore[arg-type]
+            access_log=log if ingress_settings.access_log else None,
             shutdown_timeout=ingress_settings.shutdown_grace_seconds,
         )
         admin = web.AppRunner(build_admin_app(ingress), handle_signals=False, access_log=None)
