@@ -20,13 +20,17 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from bridge.apizee import ApizeeClient
 from bridge.auth import Authenticator
 from bridge.codec import Codec
 from bridge.config import BridgeSettings
 from bridge.dedupe import RecentIds
 from bridge.ingress import Ingress, build_admin_app, build_public_app
 from bridge.logs import configure_logging
-from bridge.publisher import Publisher
+from bridge.models import CanonicalEvent
+from bridge.poller import Poller, PollResult
+from bridge.publisher import Publisher, connection_kwargs
+from bridge.state import StateStore, StateSync
 
 log = structlog.get_logger(__name__)
 
@@ -40,22 +44,148 @@ class Listening:
     webhook_url: str
 
 
+class Tracking:
+    """The ingress's view of the ticket state and the poller (the ingress's Tracker)."""
+
+    def __init__(self, store: StateStore, sync: StateSync, poller: Poller) -> None:
+        self.store = store
+        self.sync = sync
+        self.poller = poller
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        return None if self.sync.restored.is_set() else "ticket state not restored yet"
+
+    def seen(self, ticket_id: int, event_id: int) -> bool:
+        return self.store.seen(ticket_id, event_id)
+
+    def published(self, event: CanonicalEvent) -> None:
+        self.store.record(event.ticket_id, event.event_id, event.event_type, event.occurred_at_ms)
+        self.poller.observe(event.ticket_id, event.event_type)
+
+
+def polling_enabled(settings: BridgeSettings) -> bool:
+    return settings.poller.enabled and settings.apizee.base_url is not None
+
+
+@contextlib.asynccontextmanager
+async def tracking(
+    settings: BridgeSettings, publisher: Publisher, dedupe: RecentIds
+) -> AsyncIterator[Tracking]:
+    """Ticket state (restored from and written to the state topic) and the poller."""
+    client = ApizeeClient(settings.apizee)
+    store = StateStore(settings.poller.max_ids_per_ticket)
+    sync = StateSync(
+        store,
+        publisher.topics.state,
+        settings.poller,
+        publisher.publish_state,
+        connection_kwargs(settings.kafka),
+        topic_ready=publisher.wait_ready,
+    )
+    poller = Poller(settings.poller, client, publisher, store, dedupe)
+    store.on_owned_change = poller.reschedule_owned
+    store.on_owned_record = poller.track
+    await client.start()
+    try:
+        await sync.start()
+        try:
+            await poller.start(sync)
+            try:
+                yield Tracking(store, sync, poller)
+            finally:
+                await poller.stop()
+        finally:
+            # Writes what is left and leaves the group, so another replica takes over now.
+            await sync.stop()
+    finally:
+        await client.close()
+
+
 @contextlib.asynccontextmanager
 async def bridge_resources(settings: BridgeSettings) -> AsyncIterator[Ingress]:
     """Create the producer and the shared state; close them in reverse on exit."""
     codec = Codec()
     dedupe = RecentIds(settings.dedupe.window_seconds, settings.dedupe.max_entries)
-    publisher = Publisher(settings.kafka, codec, max_body_bytes=settings.ingress.max_body_bytes)
+    polling = polling_enabled(settings)
+    publisher = Publisher(
+        settings.kafka,
+        codec,
+        max_body_bytes=settings.ingress.max_body_bytes,
+        state_topic=polling,
+    )
     await publisher.start()
     try:
-        yield Ingress(
-            settings=settings,
-            publisher=publisher,
-            authenticator=Authenticator(settings.auth),
-            dedupe=dedupe,
-        )
+        async with contextlib.AsyncExitStack() as stack:
+            tracker = None
+            if polling:
+                tracker = await stack.enter_async_context(tracking(settings, publisher, dedupe))
+            else:
+                log.info("poller_disabled", reason="BRIDGE_APIZEE_BASE_URL not set or disabled")
+            yield Ingress(
+                settings=settings,
+                publisher=publisher,
+                authenticator=Authenticator(settings.auth),
+                dedupe=dedupe,
+                tracker=tracker,
+            )
     finally:
         await publisher.stop()
+
+
+async def backfill(
+    settings: BridgeSettings,
+    ticket_ids: list[int],
+    *,
+    ready_timeout: float = 30.0,
+) -> list[PollResult]:
+    """One-shot: publish what is missing of these tickets, then hand them to the pollers.
+
+    Reads the whole state topic (without joining the replicas' group), fetches each ticket's
+    events, publishes every listed event the state lacks (no settle delay: the events are
+    old), and writes the tickets' state so that the running replicas keep polling them.
+    """
+    codec = Codec()
+    dedupe = RecentIds(settings.dedupe.window_seconds, settings.dedupe.max_entries)
+    publisher = Publisher(
+        settings.kafka, codec, max_body_bytes=settings.ingress.max_body_bytes, state_topic=True
+    )
+    await publisher.start()
+    try:
+        try:
+            async with asyncio.timeout(ready_timeout):
+                await publisher.wait_ready()
+        except TimeoutError:
+            raise BackfillError(
+                f"Kafka not ready within {ready_timeout:g}s: {publisher.not_ready_reason}"
+            ) from None
+        store = StateStore(settings.poller.max_ids_per_ticket)
+        sync = StateSync(
+            store,
+            publisher.topics.state,
+            settings.poller,
+            publisher.publish_state,
+            connection_kwargs(settings.kafka),
+        )
+        await sync.restore_all(await publisher.partition_count(publisher.topics.state))
+        async with ApizeeClient(settings.apizee) as client:
+            poller = Poller(settings.poller, client, publisher, store, dedupe)
+            semaphore = asyncio.Semaphore(settings.poller.concurrency)
+
+            async def one(ticket_id: int) -> PollResult:
+                async with semaphore:
+                    store.touch(ticket_id)
+                    return await poller.poll_ticket(ticket_id, settle_seconds=0)
+
+            results = await asyncio.gather(*(one(t) for t in ticket_ids))
+        await sync.flush()
+        return list(results)
+    finally:
+        await publisher.stop()
+
+
+class BackfillError(Exception):
+    """The backfill could not run at all (as opposed to a ticket that failed)."""
 
 
 def _bound_port(site: web.TCPSite) -> int:
@@ -126,11 +256,18 @@ async def serve(
         finally:
             await public.cleanup()
             await admin.cleanup()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(sig)
     log.info("stopped")
 
 
 def _display_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104
+    if host in ("0.0.0.0", ""):  # noqa: S104
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def run(settings: BridgeSettings) -> None:

@@ -78,6 +78,74 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_ticket_ids(args: argparse.Namespace) -> list[int]:
+    raw: list[str] = list(args.ticket or [])
+    if args.tickets_file is not None:
+        try:
+            text = Path(args.tickets_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SystemExit(
+                f"apizee-bridge backfill: cannot read {args.tickets_file}: {exc}"
+            ) from None
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                raw.extend(line.replace(",", " ").split())
+    ids: list[int] = []
+    for value in raw:
+        try:
+            ticket_id = int(value)
+        except ValueError:
+            raise SystemExit(f"apizee-bridge backfill: not a ticket id: {value!r}") from None
+        if ticket_id <= 0:
+            raise SystemExit(f"apizee-bridge backfill: not a ticket id: {value!r}")
+        if ticket_id not in ids:
+            ids.append(ticket_id)
+    if not ids:
+        raise SystemExit("apizee-bridge backfill: no tickets given (--ticket or --tickets-file)")
+    return ids
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bridge.app import BackfillError, backfill
+    from bridge.logs import configure_logging
+
+    ticket_ids = _read_ticket_ids(args)
+    settings = _load_settings_or_exit()
+    if settings.apizee.base_url is None:
+        print(
+            "apizee-bridge: invalid configuration:\nBRIDGE_APIZEE_BASE_URL: required by backfill",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    configure_logging(settings.log.level, settings.log.format)
+    try:
+        results = asyncio.run(backfill(settings, ticket_ids, ready_timeout=args.ready_timeout))
+    except BackfillError as exc:
+        print(f"apizee-bridge backfill: {exc}", file=sys.stderr)
+        return 1
+    totals = {"fetched": 0, "published": 0, "present": 0, "rejected": 0}
+    failed = [r for r in results if r.error is not None]
+    for r in results:
+        status = f"FAILED ({r.error})" if r.error else "ok"
+        print(
+            f"ticket {r.ticket_id}: fetched {r.fetched}, published {r.published}, "
+            f"already present {r.present}, dead-lettered {r.rejected}, {status}"
+        )
+        totals["fetched"] += r.fetched
+        totals["published"] += r.published
+        totals["present"] += r.present
+        totals["rejected"] += r.rejected
+    print(
+        f"backfill: {len(results)} tickets, fetched {totals['fetched']}, "
+        f"published {totals['published']}, already present {totals['present']}, "
+        f"dead-lettered {totals['rejected']}, failed {len(failed)}"
+    )
+    return 1 if failed else 0
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from bridge.simulator import simulate_command
 
@@ -141,6 +209,30 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--write", action="store_true", help="write the files (default)")
     mode.add_argument("--check", action="store_true", help="exit 1 if any file differs")
     schemas.set_defaults(func=_cmd_schemas)
+
+    fill = sub.add_parser(
+        "backfill",
+        help="publish what is missing of some tickets, from Apizee's REST API, then exit",
+        description="Fetch the events of the given tickets from Apizee's REST API, publish "
+        "those the ticket state in Kafka lacks (source=POLLER), hand the tickets to the "
+        "running replicas' poller, print a summary; exit 1 if any ticket failed, 2 on "
+        "invalid configuration. Needs BRIDGE_APIZEE_BASE_URL and a token.",
+    )
+    fill.add_argument("--ticket", action="append", metavar="ID", help="a ticket id; repeatable")
+    fill.add_argument(
+        "--tickets-file",
+        type=Path,
+        metavar="F",
+        help="ticket ids, whitespace or comma separated, '#' comments",
+    )
+    fill.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="give up if Kafka is not reachable within S seconds (default 30)",
+    )
+    fill.set_defaults(func=_cmd_backfill)
 
     sim = sub.add_parser(
         "simulate",

@@ -253,8 +253,8 @@ class KafkaSettings(_Section):
         default=-1,
         ge=-1,
         description=(
-            "Replication factor of topics the bridge creates; -1 uses the broker default"
-            " (default.replication.factor)."
+            "Replication factor of topics the bridge creates; -1 means 3, or the number of"
+            " brokers when the cluster has fewer."
         ),
     )
 

@@ -357,7 +357,7 @@ def _banner(
         if broker is not None
         else f"{settings.kafka.bootstrap_servers} ({env_name('kafka', 'bootstrap_servers')})"
     )
-    suffixes = ",".join(t.removeprefix(topics.prefix + ".") for t in topics.all())
+    suffixes = ",".join(t.removeprefix(topics.prefix + ".") for t in topics.events())
     auth_line, curl_auth = _auth_for_curl(settings, plan.generated_token)
     webhook = where.webhook_url
     bound = {"ingress": where.public_port, "admin": where.admin_port}
@@ -465,7 +465,7 @@ class ConsoleConsumer:
         self._codec = codec or Codec()
         self._out = out
         self._topics = TopicNames(settings.topic_prefix)
-        self._wanted = self._topics.all()
+        self._wanted = self._topics.events()
         self._assigned: set[TopicPartition] = set()
         # Next offset to print per assigned partition, kept across reconnects and re-assigns.
         self._positions: dict[TopicPartition, int] = {}

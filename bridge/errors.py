@@ -76,6 +76,10 @@ class UnsupportedMediaTypeError(BridgeError):
     """The webhook's Content-Type is not application/json: answered 415, not stored."""
 
 
+class RequestTimeoutError(BridgeError):
+    """The sender did not deliver the whole body within the request timeout (slowloris)."""
+
+
 class BodyTooLargeError(BridgeError):
     """The webhook body exceeds the configured limit: answered 413, not stored."""
 

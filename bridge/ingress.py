@@ -6,12 +6,13 @@ middleware maps every outcome to a status, a JSON body and the request metrics.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 import orjson
 import structlog
@@ -27,9 +28,10 @@ from bridge.errors import (
     CodecError,
     InvalidEventError,
     PublishError,
+    RequestTimeoutError,
     UnsupportedMediaTypeError,
 )
-from bridge.models import from_webhook, parse_webhook
+from bridge.models import CanonicalEvent, from_webhook, parse_webhook
 from bridge.publisher import Publisher
 
 log = structlog.get_logger(__name__)
@@ -40,6 +42,21 @@ _REQUEST_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _JSON: Final = "application/json"
 
 
+class Tracker(Protocol):
+    """Downstream of a publish: the ticket state and the poller (when Apizee is configured)."""
+
+    @property
+    def not_ready_reason(self) -> str | None: ...
+
+    def seen(self, ticket_id: int, event_id: int) -> bool:
+        """True if the ticket state says this event was already published."""
+        ...
+
+    def published(self, event: CanonicalEvent) -> None:
+        """Record a published event and keep its ticket polled."""
+        ...
+
+
 @dataclass
 class Ingress:
     """What the webhook handler needs, shared with the admin app for readiness."""
@@ -48,13 +65,17 @@ class Ingress:
     publisher: Publisher
     authenticator: Authenticator
     dedupe: RecentIds
+    tracker: Tracker | None = None
     shutting_down: bool = field(default=False)
 
     @property
     def not_ready_reason(self) -> str | None:
         if self.shutting_down:
             return "shutting down"
-        return self.publisher.not_ready_reason
+        reason = self.publisher.not_ready_reason
+        if reason is None and self.tracker is not None:
+            reason = self.tracker.not_ready_reason
+        return reason
 
 
 INGRESS: Final = web.AppKey("ingress", Ingress)
@@ -86,6 +107,10 @@ def _error_response(exc: Exception, ingress: Ingress) -> tuple[web.Response, str
         limit = ingress.settings.ingress.max_body_bytes
         body = {"status": "too_large", "reason": f"body larger than {limit} bytes"}
         return _json(413, body), "body_too_large"
+    if isinstance(exc, RequestTimeoutError):
+        timeout = ingress.settings.ingress.request_timeout_seconds
+        body = {"status": "timeout", "reason": f"body not received within {timeout:g}s"}
+        return _json(408, body, {"Connection": "close"}), "request_timeout"
     if isinstance(exc, UnsupportedMediaTypeError):
         body = {"status": "unsupported_media_type", "reason": f"Content-Type must be {_JSON}"}
         return _json(415, body), "unsupported_media_type"
@@ -147,10 +172,14 @@ async def receive_webhook(request: web.Request) -> web.Response:
     if length is not None and length > settings.max_body_bytes:
         raise BodyTooLargeError
     try:
-        # Bounded by the app's client_max_size, also for chunked bodies without a length.
-        body = await request.read()
+        # Bounded by the app's client_max_size, also for chunked bodies without a length,
+        # and in time: a sender trickling its body must not hold the connection forever.
+        async with asyncio.timeout(settings.request_timeout_seconds):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise BodyTooLargeError from None
+    except TimeoutError:
+        raise RequestTimeoutError from None
     metrics.WEBHOOK_BODY_BYTES.observe(len(body))
     ingress.authenticator.verify(request.headers, request.query, body, time.time())
 
@@ -172,7 +201,10 @@ async def receive_webhook(request: web.Request) -> web.Response:
         )
         raise
 
-    if not await ingress.dedupe.claim(event.event_id):
+    tracker = ingress.tracker
+    if (tracker is not None and tracker.seen(event.ticket_id, event.event_id)) or not (
+        await ingress.dedupe.claim(event.event_id)
+    ):
         request["reason"] = "duplicate"
         metrics.DUPLICATES.labels(source="WEBHOOK").inc()
         return _json(200, {"status": "duplicate", "eventId": event.event_id})
@@ -193,6 +225,8 @@ async def receive_webhook(request: web.Request) -> web.Response:
     finally:
         ingress.dedupe.release(event.event_id, published)
         metrics.DEDUPE_ENTRIES.set(len(ingress.dedupe))
+    if tracker is not None:
+        tracker.published(event)
 
     if event.spec is None:
         request["reason"] = "unknown_event_type"

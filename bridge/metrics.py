@@ -53,6 +53,7 @@ REASONS: Final = (
     "bad_token",
     "bad_basic",
     "body_too_large",
+    "request_timeout",
     "unsupported_media_type",
     "kafka_unavailable",
     "publish_timeout",

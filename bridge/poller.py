@@ -113,6 +113,14 @@ class Poller:
         elif ticket_id not in self._due:
             self.schedule(ticket_id, self._jittered(self._settings.interval_seconds))
 
+    def track(self, ticket_id: int) -> None:
+        """A state record named an owned ticket: poll it unless retired or already due."""
+        if ticket_id in self._due or ticket_id in self._running:
+            return
+        state = self._store.tickets.get(ticket_id)
+        if state is not None and not state.retired and self._store.owns(ticket_id):
+            self.schedule(ticket_id, self._jittered(self._settings.interval_seconds))
+
     def reschedule_owned(self) -> None:
         """After a (re)assignment: poll every owned live ticket, spread over one interval."""
         owned = {s.ticket_id for s in self._store.owned_tickets() if not s.retired}

@@ -30,6 +30,12 @@ from bridge.models import CanonicalEvent
 log = structlog.get_logger(__name__)
 
 DLQ_SUFFIX: Final = "dlq"
+STATE_SUFFIX: Final = "bridge-state"
+# The state topic keeps the latest record per ticket; older ones may be compacted away.
+_STATE_TOPIC_CONFIG: Final = {"cleanup.policy": "compact"}
+# Replication of created topics when the setting is -1: this, or fewer on a smaller cluster.
+_DEFAULT_REPLICATION: Final = 3
+_TOPIC_ALREADY_EXISTS: Final = 36
 # Headroom over the largest webhook body for headers and framing of a dead-lettered record.
 _DLQ_OVERHEAD_BYTES: Final = 64 * 1024
 _DLQ_REASON_MAX_BYTES: Final = 1024
@@ -55,7 +61,12 @@ class TopicNames:
     def dlq(self) -> str:
         return self.category(DLQ_SUFFIX)
 
-    def all(self) -> list[str]:
+    @property
+    def state(self) -> str:
+        return self.category(STATE_SUFFIX)
+
+    def events(self) -> list[str]:
+        """The topics events and dead letters go to."""
         return [self.category(c) for c in (*CATEGORIES, UNKNOWN_CATEGORY, DLQ_SUFFIX)]
 
 
@@ -121,6 +132,7 @@ class Publisher:
         max_body_bytes: int,
         health_interval: float = 2.0,
         on_acked: Callable[[CanonicalEvent], None] | None = None,
+        state_topic: bool = False,
     ) -> None:
         self._settings = settings
         self._codec = codec
@@ -129,6 +141,8 @@ class Publisher:
         self._timeout = settings.publish_timeout_seconds
         self._on_acked = on_acked
         self.topics = TopicNames(settings.topic_prefix)
+        # The topics this publisher needs (and creates when allowed).
+        self.required_topics = self.topics.events() + ([self.topics.state] if state_topic else [])
         self._routes = self._build_routes()
         self._producer: AIOKafkaProducer | None = None
         self._healthy = False
@@ -136,6 +150,7 @@ class Publisher:
         self._metadata_at = 0.0
         self._supervisor: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._ready = asyncio.Event()
 
     def _build_routes(self) -> dict[str, _Route]:
         routes = {}
@@ -179,6 +194,10 @@ class Publisher:
     def not_ready_reason(self) -> str | None:
         return None if self._healthy else self._not_ready_reason
 
+    async def wait_ready(self) -> None:
+        """Until connected with every required topic present."""
+        await self._ready.wait()
+
     @property
     def metadata_age(self) -> float | None:
         return None if not self._metadata_at else time.monotonic() - self._metadata_at
@@ -188,6 +207,10 @@ class Publisher:
             log.info("kafka_ready" if healthy else "kafka_not_ready", reason=reason or None)
         self._healthy = healthy
         self._not_ready_reason = reason
+        if healthy:
+            self._ready.set()
+        else:
+            self._ready.clear()
         metrics.KAFKA_READY.set(1 if healthy else 0)
 
     async def _connect(self) -> AIOKafkaProducer:
@@ -218,17 +241,35 @@ class Publisher:
         await admin.start()
         try:
             existing = set(await admin.list_topics())
-            missing = [t for t in self.topics.all() if t not in existing]
+            missing = [t for t in self.required_topics if t not in existing]
             if missing and settings.create_topics:
+                replication = settings.topic_replication_factor
+                if replication == -1:
+                    # aiokafka's CreateTopics (v3) predates broker-side defaults (KIP-464).
+                    brokers = (await admin.describe_cluster())["brokers"]
+                    replication = max(1, min(_DEFAULT_REPLICATION, len(brokers)))
                 new = [
-                    NewTopic(t, settings.topic_partitions, settings.topic_replication_factor)
+                    NewTopic(
+                        t,
+                        settings.topic_partitions,
+                        replication,
+                        topic_configs=_STATE_TOPIC_CONFIG if t == self.topics.state else None,
+                    )
                     for t in missing
                 ]
                 with contextlib.suppress(TopicAlreadyExistsError):  # another replica won
-                    await admin.create_topics(new)
-                log.info("topics_created", topics=missing)
+                    response = await admin.create_topics(new)
+                    failed = {
+                        topic: f"error {code}: {message}"
+                        for topic, code, *rest in response.topic_errors
+                        if code not in (0, _TOPIC_ALREADY_EXISTS)
+                        for message in (rest[0] if rest else None,)
+                    }
+                    if failed:
+                        log.warning("topics_create_failed", topics=failed)
+                log.info("topics_created", topics=missing, replication_factor=replication)
                 existing = set(await admin.list_topics())
-                missing = [t for t in self.topics.all() if t not in existing]
+                missing = [t for t in self.required_topics if t not in existing]
             return missing
         finally:
             await admin.close()
@@ -257,7 +298,7 @@ class Publisher:
             async with asyncio.timeout(max(self._health_interval, 1.0) * 2):
                 cluster = await self._producer.client.fetch_all_metadata()
                 topics = set(cluster.topics())
-                missing = [t for t in self.topics.all() if t not in topics]
+                missing = [t for t in self.required_topics if t not in topics]
                 if missing:
                     # A new cluster, or one that lost its topics (the memory-only dev broker
                     # after a restart): create them again when we may.
@@ -272,6 +313,12 @@ class Publisher:
             self._set_health(False, f"topics missing: {', '.join(missing)}")
         else:
             self._set_health(True)
+
+    async def partition_count(self, topic: str) -> int:
+        """Partitions of `topic` (waits for the producer's metadata of it)."""
+        if self._producer is None:
+            raise KafkaUnavailableError(self._not_ready_reason)
+        return len(await self._producer.partitions_for(topic))
 
     # -- publishing --------------------------------------------------------------------
 
@@ -309,11 +356,15 @@ class Publisher:
         await self._send(self.topics.dlq, None, body, all_headers, DLQ_SUFFIX)
         metrics.DLQ_RECORDS.labels(kind=kind).inc()
 
+    async def publish_state(self, topic: str, key: bytes, value: bytes | None) -> None:
+        """Write one ticket-state record (None: a tombstone that compaction removes)."""
+        await self._send(topic, key, value, [], STATE_SUFFIX)
+
     async def _send(
         self,
         topic: str,
         key: bytes | None,
-        value: bytes,
+        value: bytes | None,
         headers: list[tuple[str, bytes]],
         topic_kind: str,
     ) -> None:

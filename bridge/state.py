@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -23,11 +23,10 @@ from aiokafka.partitioner import murmur2
 
 from bridge import metrics
 from bridge.catalog import TERMINAL_EVENT_TYPES
-from bridge.config import KafkaSettings, PollerSettings
+from bridge.config import PollerSettings
 
 log = structlog.get_logger(__name__)
 
-STATE_SUFFIX: Final = "bridge-state"
 STATE_VERSION: Final = 1
 # How long a ticket owned by another replica stays in memory after its last event here.
 _FOREIGN_KEEP_MS: Final = 60_000
@@ -150,6 +149,8 @@ class StateStore:
         self._restoring: set[int] = set()
         # Called after the owned partitions changed (the poller reschedules).
         self.on_owned_change: Callable[[], None] | None = None
+        # Called when another writer's record names an owned ticket (the poller polls it).
+        self.on_owned_record: Callable[[int], None] | None = None
 
     def __len__(self) -> int:
         return len(self.tickets)
@@ -172,6 +173,13 @@ class StateStore:
         if event_type in TERMINAL_EVENT_TYPES:
             state.terminal_ms = state.terminal_ms or max(occurred_ms, 1)
         self._dirty.add(ticket_id)
+
+    def touch(self, ticket_id: int) -> TicketState:
+        """Make a ticket active now (a backfill names it) without any event of its own."""
+        state = self.get(ticket_id)
+        state.last_event_ms = max(state.last_event_ms, self._clock())
+        self._dirty.add(ticket_id)
+        return state
 
     def mark_dirty(self, ticket_id: int) -> None:
         self._dirty.add(ticket_id)
@@ -217,12 +225,15 @@ class StateStore:
             log.warning("state_record_corrupt", ticket_id=ticket_id)
             return
         current = self.tickets.get(ticket_id)
+        owned = self.owns(ticket_id)
         if current is None:
             self.tickets[ticket_id] = incoming
-        elif current.merge(incoming, self._max_ids) and self.owns(ticket_id):
+        elif current.merge(incoming, self._max_ids) and owned:
             # Another writer knew more: persist the union under our record so that
             # compaction keeps a complete one.
             self._dirty.add(ticket_id)
+        if owned and self.on_owned_record is not None:
+            self.on_owned_record(ticket_id)
 
     # -- ownership ---------------------------------------------------------------------
 
@@ -289,13 +300,18 @@ class StateSync:
     def __init__(
         self,
         store: StateStore,
-        kafka: KafkaSettings,
+        topic: str,
         poller: PollerSettings,
-        send: Callable[[str, bytes, bytes | None], Any],
+        send: Callable[[str, bytes, bytes | None], Awaitable[None]],
         connection_kwargs: dict[str, Any],
+        *,
+        topic_ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
-        self.topic = f"{kafka.topic_prefix}.{STATE_SUFFIX}"
+        self.topic = topic
+        # Joining the group before the topic exists would leave this replica unassigned
+        # until the next metadata refresh: wait for the publisher to have created it.
+        self._topic_ready = topic_ready
         self._poller = poller
         self._send = send
         self._conn = connection_kwargs
@@ -392,8 +408,52 @@ class StateSync:
             log.info("state_restored", tickets=len(self.store))
         self.restored.set()
 
+    async def restore_all(self, partitions: int) -> None:
+        """Read every partition to its end without joining the group (one-shot backfill).
+
+        The store then owns every ticket; nothing is taken from the running replicas, which
+        merge what this process writes when they read it.
+        """
+        consumer = AIOKafkaConsumer(**self._conn, enable_auto_commit=False)
+        started = time.monotonic()
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.topic, p) for p in range(partitions)]
+            self.store.set_partitions(len(tps))
+            if tps:
+                consumer.assign(tps)
+                ends = await consumer.end_offsets(tps)
+                consumer.seek_to_beginning(*tps)
+                pending = {tp for tp in tps if ends[tp] > 0}
+                while pending:
+                    batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+                    for records in batches.values():
+                        self._merge(records)
+                    for tp in list(pending):
+                        if await consumer.position(tp) >= ends[tp]:
+                            pending.discard(tp)
+            self.store.assign(range(len(tps)))
+        finally:
+            await consumer.stop()
+        metrics.STATE_RESTORE_SECONDS.set(time.monotonic() - started)
+        metrics.STATE_TICKETS.set(len(self.store))
+        self.restored.set()
+
+    def _merge(self, records: Iterable[Any]) -> None:
+        for record in records:
+            if record.key is None:
+                continue
+            try:
+                ticket_id = int(record.key)
+            except ValueError:
+                metrics.STATE_ERRORS.labels(kind="corrupt_record").inc()
+                continue
+            self.store.merge_record(ticket_id, record.value)
+
     async def _follow(self) -> None:
         poller = self._poller
+        if self._topic_ready is not None:
+            await self._topic_ready()
         backoff = 0.5
         while self._consumer is None:
             consumer = AIOKafkaConsumer(
@@ -418,15 +478,7 @@ class StateSync:
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
             for tp, records in batches.items():
-                for record in records:
-                    if record.key is None:
-                        continue
-                    try:
-                        ticket_id = int(record.key)
-                    except ValueError:
-                        metrics.STATE_ERRORS.labels(kind="corrupt_record").inc()
-                        continue
-                    self.store.merge_record(ticket_id, record.value)
+                self._merge(records)
                 end = self._restoring.get(tp.partition)
                 if end is not None and await consumer.position(tp) >= end:
                     del self._restoring[tp.partition]

@@ -431,7 +431,7 @@ async def _publish_and_read_back(
     event = _event()
     await publisher.publish(event)
     records = await consume_async(
-        bootstrap, publisher.topics.all(), min_count=1, timeout=15, config=consumer_config
+        bootstrap, publisher.topics.events(), min_count=1, timeout=15, config=consumer_config
     )
     assert [r.headers["event-id"] for r in records] == [str(event.event_id).encode()]
     assert records[0].key == str(event.ticket_id).encode()
