@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint format test test-unit test-integration run bench schemas docs clean
+.PHONY: install lint format test test-unit test-integration ops-tools run bench schemas docs clean
 
 install: $(STAMP)
 
@@ -24,14 +24,31 @@ format: install
 	$(BIN)/ruff format bridge tests bench
 	$(BIN)/ruff check --fix bridge tests bench
 
-test: install lint
+test: install lint ops-tools
 	$(BIN)/python -m pytest -q
 
 test-unit: install
 	$(BIN)/python -m pytest -q tests/unit
 
-test-integration: install
+test-integration: install ops-tools
 	$(BIN)/python -m pytest -q tests/integration
+
+# promtool and prometheus for tests/integration/test_ops.py, from Debian's package: only when
+# promtool is missing and we are root. The package's own service is stopped and disabled (the
+# tests start their own server on a free port; a system one would also take port 9090). When
+# the package cannot be installed, the tests that need it skip and say why.
+ops-tools:
+	@if ! command -v promtool >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  if ! apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; then \
+	    apt-get update -qq >/dev/null 2>&1; \
+	    apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+	      || echo "ops-tools: the prometheus package could not be installed; its tests will skip"; \
+	  fi; \
+	  if command -v promtool >/dev/null 2>&1; then \
+	    (service prometheus stop; systemctl disable prometheus) >/dev/null 2>&1 || true; \
+	  fi; \
+	fi
 
 # Regenerate schemas/ from the catalog (the test suite proves files and catalog agree).
 schemas: install
@@ -44,8 +61,10 @@ docs: install
 run: install
 	$(BIN)/apizee-bridge dev
 
+# bench/ingress.py installs wrk (apt-get, as root) when it is missing; about 1.5 minutes.
 bench: install
 	$(BIN)/python bench/codec.py
+	$(BIN)/python bench/ingress.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
