@@ -22,11 +22,8 @@ import pytest
 import yaml
 
 from bridge.config import BridgeSettings, load_settings
-from tests.unit.conftest import REPO
+from tests.helmchart import CHART, DASHBOARD, NAMESPACE, RELEASE, REPO, render, render_files
 
-CHART = REPO / "deploy" / "helm" / "apizee-kafka-bridge"
-RELEASE = "apizee-kafka-bridge"
-NAMESPACE = "apizee"
 SECRETS_DIR = "/etc/apizee-kafka-bridge/secrets/"
 TLS_DIR = "/etc/apizee-kafka-bridge/kafka-tls/"
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest known.
@@ -99,22 +96,8 @@ VARIANTS = {"default": {}, "all_on": ALL_ON}
 CRD_GROUPS = ("monitoring.coreos.com/",)
 
 
-def render(values: dict[str, Any]) -> list[dict[str, Any]]:
-    """The chart's manifests for these values, as an install would produce them."""
-    with helm.Chart.load(CHART) as chart:
-        rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    docs = []
-    for path, text in sorted(rendered.items()):
-        if path.endswith("NOTES.txt"):
-            continue
-        docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
-    return docs
-
-
 def notes(values: dict[str, Any]) -> str:
-    with helm.Chart.load(CHART) as chart:
-        rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    return rendered[f"{RELEASE}/templates/NOTES.txt"]
+    return render_files(values)[f"{RELEASE}/templates/NOTES.txt"]
 
 
 def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
@@ -585,7 +568,7 @@ def test_dashboard_config_map_is_labelled_for_the_sidecar() -> None:
 
 
 def test_dashboard_queries_go_through_the_datasource_variable() -> None:
-    dashboard = json.loads((CHART / "dashboards" / "apizee-kafka-bridge.json").read_text())
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
