@@ -28,7 +28,9 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
+from bridge import metrics
 from bridge.devbroker import free_port
 from tests.helmchart import DASHBOARD, JOB, NAMESPACE, alert_groups
 
@@ -391,6 +393,22 @@ def test_a_misspelt_metric_would_be_caught(bridge: Bridge) -> None:
     assert "apizee_bridge_events_published_total" in exported
     assert "apizee_bridge_event_published_total" not in exported
     assert "apizee_bridge_events_published" not in exported
+
+
+# Label names the catalogue allows: bounded enums only, never a ticket or event id.
+BOUNDED_LABELS = {"status", "reason", "category", "event_type", "source", "topic_kind", "kind"}
+BOUNDED_LABELS |= {"outcome", "version"}
+
+
+def test_metric_labels_are_bounded() -> None:
+    declared = {
+        metric._name: set(metric._labelnames)
+        for metric in vars(metrics).values()
+        if isinstance(metric, MetricWrapperBase)
+    }
+    assert len(declared) >= 30
+    unbounded = {name: labels - BOUNDED_LABELS for name, labels in declared.items()}
+    assert {name: labels for name, labels in unbounded.items() if labels} == {}
 
 
 # -- a real Prometheus ---------------------------------------------------------------------------
