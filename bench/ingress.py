@@ -23,6 +23,7 @@ import re
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -308,10 +309,14 @@ def http_ok(url: str, data: bytes | None = None) -> bool:
 
 
 @contextlib.contextmanager
-def server_process(argv: list[str], env: Mapping[str, str], log: Path) -> Iterator[int]:
+def server_process(
+    argv: list[str], env: Mapping[str, str], log: Path, cwd: Path | None = None
+) -> Iterator[int]:
     """Start `argv`, yield its pid, SIGTERM it (and so its workers) on exit."""
     with log.open("ab") as out:
-        process = subprocess.Popen(argv, env=dict(env), stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            argv, env=dict(env), stdout=out, stderr=subprocess.STDOUT, cwd=cwd
+        )
     try:
         yield process.pid
     finally:
@@ -481,7 +486,16 @@ class Bench:
             _, row = self.measure("(a) bare aiohttp", url, pid, CORE_LOAD if self.pin else None)
         return row
 
-    def bridge(self, name: str, workers: int, pinned: bool, linger_ms: str | None = None) -> Row:
+    def bridge(
+        self,
+        name: str,
+        workers: int,
+        pinned: bool,
+        linger_ms: str | None = None,
+        src: Path | None = None,
+    ) -> Row:
+        """`src`: a directory holding another `bridge` package to run (python -m from there
+        imports it before the installed one), e.g. a `git archive` of the base commit."""
         port, admin_port = free_port(), free_port()
         prefix = f"bench.{uuid.uuid4().hex[:8]}"
         env = bridge_env(
@@ -494,7 +508,7 @@ class Bench:
         pin_all_threads(self.broker, load_cores or (ALL_CORES if self.pin else None))
         url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
         admin = f"http://127.0.0.1:{admin_port}"
-        with server_process(argv, env, self.logs / f"bridge-{prefix}.log") as pid:
+        with server_process(argv, env, self.logs / f"bridge-{prefix}.log", cwd=src) as pid:
             # Each worker has its own producer; consecutive answers reach several of them.
             wait_until(
                 lambda: all(http_ok(f"{admin}/readyz") for _ in range(10 * workers)), "bridge"
@@ -580,7 +594,16 @@ def main() -> int:
         default="",
         help="comma-separated BRIDGE_KAFKA_LINGER_MS values to run (b) with, e.g. 0,5,20",
     )
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="A/B mode: a directory with the base `bridge` package (e.g. `git archive HEAD"
+        " bridge | tar -x -C DIR`); runs (b) alternately from there and from this tree",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="A/B mode: pairs of (b) runs")
     args = parser.parse_args()
+    if args.base is not None:
+        return compare(args.base, args.rounds, args.duration)
     wrk = ensure_wrk()
     pin = len(os.sched_getaffinity(0)) >= 2
     if not pin:
@@ -647,6 +670,44 @@ def main() -> int:
             )
     print(f"failed requests (non-2xx, socket errors, timeouts), all configs: {errors}")
     return 0 if all(results) and not errors else 1
+
+
+def compare(base: Path, rounds: int, seconds: int) -> int:
+    """(b) of the base tree and of this one, interleaved, so that both see the same noise."""
+    wrk = ensure_wrk()
+    pin = len(os.sched_getaffinity(0)) >= 2
+    base = base.resolve()
+    if not (base / "bridge/cli.py").is_file():
+        raise SystemExit(f"{base} holds no bridge package")
+    rows: dict[str, list[Row]] = {"base": [], "work": []}
+    with tempfile.TemporaryDirectory(prefix="bench-ingress-") as tmp:
+        logs = Path(tmp)
+        script = logs / "seed.lua"
+        script.write_text(lua_script(seed_templates()))
+        with TansuBroker(log_path=logs / "tansu.log") as broker:
+            pin_all_threads(broker, CORE_LOAD if pin else None)
+            bench = Bench(wrk, script, broker, logs, seconds, pin)
+            for n in range(rounds):
+                order = ("base", "work") if n % 2 == 0 else ("work", "base")
+                for which in order:
+                    src = base if which == "base" else ROOT
+                    rows[which].append(bench.bridge(f"(b) {which} #{n + 1}", 1, pin, src=src))
+    print_table([row for pair in zip(rows["base"], rows["work"], strict=True) for row in pair])
+    good = all(check_kafka(row) for row in rows["base"] + rows["work"])
+    failed = sum(
+        r.wrk.non2xx + r.wrk.socket_errors + r.wrk.timeouts for v in rows.values() for r in v
+    )
+    median = {k: statistics.median(r.per_cpu for r in v) for k, v in rows.items()}
+    rate = {k: statistics.median(r.wrk.rate for r in v) for k, v in rows.items()}
+    p99 = {k: statistics.median(r.wrk.p99_ms for r in v) for k, v in rows.items()}
+    for k in rows:
+        print(
+            f"{k}: median {median[k]:,.0f} req/CPU-s ({1e6 / median[k]:.0f} us CPU/request),"
+            f" {rate[k]:,.0f} req/s, p99 {p99[k]:.1f} ms"
+        )
+    print(f"work/base requests per CPU-s: {median['work'] / median['base']:.3f}")
+    print(f"failed requests: {failed}")
+    return 0 if good and not failed else 1
 
 
 if __name__ == "__main__":
