@@ -57,6 +57,11 @@ class PollResult:
     error: str | None = None
 
 
+def _complete(result: PollResult) -> bool:
+    """Whether a poll saw the whole list and published every gap (404: nothing to see)."""
+    return result.error in (None, "not_found") and result.unsettled == 0
+
+
 class Poller:
     """Schedules the owned active tickets and fills their gaps."""
 
@@ -158,8 +163,18 @@ class Poller:
                     await self._sync.tombstone(state.ticket_id)
 
     async def _run(self) -> None:
-        semaphore = asyncio.Semaphore(self._settings.concurrency)
         tasks: set[asyncio.Task[None]] = set()
+        try:
+            await self._loop(tasks)
+        finally:
+            # Stopped: polls in flight end now, before the app closes the client and the
+            # publisher under them.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _loop(self, tasks: set[asyncio.Task[None]]) -> None:
+        semaphore = asyncio.Semaphore(self._settings.concurrency)
         next_sweep = self._clock() + 60.0
         while True:
             now = self._clock()
@@ -174,6 +189,10 @@ class Poller:
                 if self._due.get(ticket_id) != due:
                     continue  # superseded entry
                 if ticket_id in self._running:
+                    # Due again while its poll runs: try again shortly. The stale due time
+                    # goes first, or schedule() would keep it and the ticket, without a heap
+                    # entry, would never be polled again.
+                    del self._due[ticket_id]
                     self.schedule(ticket_id, 1.0)
                     continue
                 del self._due[ticket_id]
@@ -193,8 +212,8 @@ class Poller:
     async def _poll_scheduled(self, ticket_id: int, semaphore: asyncio.Semaphore) -> None:
         try:
             if self._store.owns(ticket_id):
-                await self.poll_ticket(ticket_id)
-                self._after_poll(ticket_id)
+                result = await self.poll_ticket(ticket_id)
+                self._after_poll(ticket_id, complete=_complete(result))
         except Exception:  # a bad ticket never stalls the others
             log.exception("poll_crashed", ticket_id=ticket_id)
             self.schedule(ticket_id, self._settings.interval_seconds)
@@ -202,11 +221,18 @@ class Poller:
             self._running.discard(ticket_id)
             semaphore.release()
 
-    def _after_poll(self, ticket_id: int) -> None:
-        """Next poll, or retirement after the terminal grace period / idle TTL."""
+    def _after_poll(self, ticket_id: int, *, complete: bool = True) -> None:
+        """Next poll, or retirement after the terminal grace period / idle TTL.
+
+        Only a complete poll may retire a ticket: retiring folds every id up to the highest
+        seen into the floor, so after a failed poll the gaps below it would never be filled.
+        """
         state = self._store.get(ticket_id)
         settings = self._settings
         now = now_ms()
+        if not complete:
+            self.schedule(ticket_id, self._jittered(settings.interval_seconds))
+            return
         if state.terminal_ms:
             retire_at = state.terminal_ms + settings.retire_grace_seconds * 1000
             if now >= retire_at:
@@ -300,11 +326,22 @@ class Poller:
             result.present += 1  # a webhook delivered it meanwhile
             return
         published = False
+        publishing = asyncio.ensure_future(self._publisher.publish(event))
         try:
-            await self._publisher.publish(event)
+            await asyncio.shield(publishing)
             published = True
+        except asyncio.CancelledError:
+            # stop() while the record is on its way: wait for its ack (the publisher is
+            # still up) and record it, so that the state written at shutdown knows every
+            # record sent; a restarted bridge would publish it again otherwise.
+            await asyncio.wait([publishing])
+            published = not publishing.cancelled() and publishing.exception() is None
+            raise
         finally:
             self._dedupe.release(event.event_id, published)
-        self._store.record(ticket_id, event.event_id, event.event_type, event.occurred_at_ms)
+            if published:
+                self._store.record(
+                    ticket_id, event.event_id, event.event_type, event.occurred_at_ms
+                )
         metrics.GAPS_FILLED.labels(category=category).inc()
         result.published += 1

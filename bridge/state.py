@@ -118,16 +118,24 @@ class TicketState:
 
     @classmethod
     def decode(cls, ticket_id: int, value: bytes) -> TicketState:
-        data: dict[str, Any] = orjson.loads(value)
+        data: Any = orjson.loads(value)
+        # Refused as corrupt (ValueError) rather than half-read: any JSON may be on the topic.
+        if not isinstance(data, dict):
+            raise ValueError("a ticket state record is a JSON object")
+        ids, rejected = data.get("ids", []), data.get("rejected", [])
+        if not isinstance(ids, list) or not all(type(i) is int for i in ids):
+            raise ValueError("ids: a list of integers")
+        if not isinstance(rejected, list) or not all(isinstance(k, str) for k in rejected):
+            raise ValueError("rejected: a list of strings")
         return cls(
             ticket_id=ticket_id,
-            ids=set(data.get("ids", ())),
+            ids=set(ids),
             floor=int(data.get("floor", 0)),
             last_event_ms=int(data.get("lastEventMs", 0)),
             last_poll_ms=int(data.get("lastPollMs", 0)),
             terminal_ms=int(data.get("terminalMs", 0)),
             retired_ms=int(data.get("retiredMs", 0)),
-            rejected=set(data.get("rejected", ())),
+            rejected=set(rejected),
         )
 
 
@@ -343,16 +351,21 @@ class StateSync:
     async def flush(self) -> int:
         """Write every dirty ticket; returns how many records were written."""
         dirty = self.store.take_dirty()
-        for state in dirty:
-            key = str(state.ticket_id).encode()
-            try:
-                await self._send(self.topic, key, state.encode())
-            except Exception:
+        written = 0
+        try:
+            for state in dirty:
+                await self._send(self.topic, str(state.ticket_id).encode(), state.encode())
+                written += 1
+        except BaseException:
+            # Failed or cancelled (stop() cancels the write loop mid-flush): what was not
+            # written stays dirty, for the next flush (the final one, at stop).
+            for state in dirty[written:]:
                 self.store.mark_dirty(state.ticket_id)
-                raise
-        if dirty:
-            metrics.STATE_WRITES.inc(len(dirty))
-        return len(dirty)
+            raise
+        finally:
+            if written:
+                metrics.STATE_WRITES.inc(written)
+        return written
 
     async def tombstone(self, ticket_id: int) -> None:
         await self._send(self.topic, str(ticket_id).encode(), None)
