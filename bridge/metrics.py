@@ -7,7 +7,7 @@ With several worker processes, prometheus-client's multiprocess mode aggregates 
 from __future__ import annotations
 
 import os
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -17,10 +17,35 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 from bridge import __version__
 
 PREFIX: Final = "apizee_bridge"
+
+_M = TypeVar("_M", bound=MetricWrapperBase)
+
+
+class Children(Generic[_M]):
+    """A labelled metric's children, each looked up once: `labels()` costs microseconds
+    (validation, str() of every value, a lock), a dict lookup by the values' tuple does not.
+
+    Call with the label values in the order of the metric's label names. Label values are
+    bounded enums, so the cache is too.
+    """
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: _M) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], _M] = {}
+
+    def __call__(self, *values: str) -> _M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
 
 # Latency buckets from 1 ms (an in-sync ack on a quiet cluster) to the publish timeout.
 _LATENCY_BUCKETS: Final = (

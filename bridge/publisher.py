@@ -144,6 +144,9 @@ class Publisher:
         # The topics this publisher needs (and creates when allowed).
         self.required_topics = self.topics.events() + ([self.topics.state] if state_topic else [])
         self._routes = self._build_routes()
+        # Metric children by label values, looked up once each (off the hot path).
+        self._published_by = metrics.Children(metrics.EVENTS_PUBLISHED)
+        self._duration_by = metrics.Children(metrics.PUBLISH_DURATION)
         self._producer: AIOKafkaProducer | None = None
         self._healthy = False
         self._not_ready_reason = "not started"
@@ -338,9 +341,7 @@ class Publisher:
         ]
         key = str(event.ticket_id).encode()
         await self._send(route.topic, key, value, headers, route.topic_kind)
-        metrics.EVENTS_PUBLISHED.labels(
-            category=route.category, event_type=route.event_type_label, source=event.source.value
-        ).inc()
+        self._published_by(route.category, route.event_type_label, event.source.value).inc()
         if route.topic_kind == UNKNOWN_CATEGORY:
             metrics.UNKNOWN_EVENTS.inc()
 
@@ -389,6 +390,4 @@ class Publisher:
             raise KafkaUnavailableError(type(exc).__name__) from exc
         finally:
             metrics.PUBLISHES_IN_FLIGHT.dec()
-        metrics.PUBLISH_DURATION.labels(topic_kind=topic_kind).observe(
-            time.perf_counter() - started
-        )
+        self._duration_by(topic_kind).observe(time.perf_counter() - started)
