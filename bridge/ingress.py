@@ -203,8 +203,13 @@ async def receive_webhook(request: web.Request) -> web.Response:
     try:
         # Bounded by the app's client_max_size, also for chunked bodies without a length,
         # and in time: a sender trickling its body must not hold the connection forever.
-        async with asyncio.timeout(settings.request_timeout_seconds):
+        if request.content.is_eof():
+            # The whole body came with the headers (the usual case): reading it cannot
+            # wait, so it needs no timer.
             body = await request.read()
+        else:
+            async with asyncio.timeout(settings.request_timeout_seconds):
+                body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise BodyTooLargeError from None
     except TimeoutError:
