@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 import structlog
@@ -36,6 +38,8 @@ _STATE_TOPIC_CONFIG: Final = {"cleanup.policy": "compact"}
 # Replication of created topics when the setting is -1: this, or fewer on a smaller cluster.
 _DEFAULT_REPLICATION: Final = 3
 _TOPIC_ALREADY_EXISTS: Final = 36
+# Publish timeouts fire within this long after their deadline (or 1/20 of the timeout).
+_SWEEP_INTERVAL: Final = 0.05
 # Headroom over the largest webhook body for headers and framing of a dead-lettered record.
 _DLQ_OVERHEAD_BYTES: Final = 64 * 1024
 _DLQ_REASON_MAX_BYTES: Final = 1024
@@ -68,6 +72,25 @@ class TopicNames:
     def events(self) -> list[str]:
         """The topics events and dead letters go to."""
         return [self.category(c) for c in (*CATEGORIES, UNKNOWN_CATEGORY, DLQ_SUFFIX)]
+
+
+class _Deadline:
+    """When one publish times out; `task` is None once the publish is over."""
+
+    __slots__ = ("at", "expired", "task")
+
+    def __init__(self, at: float, task: asyncio.Task[Any]) -> None:
+        self.at = at
+        self.task: asyncio.Task[Any] | None = task
+        self.expired = False
+
+
+def _ack_done(waiter: asyncio.Future[None], ack: asyncio.Future[Any]) -> None:
+    """The ack's done callback: wake the publish waiting for it, if it still is."""
+    if not waiter.done():
+        waiter.set_result(None)
+    elif not ack.cancelled():
+        ack.exception()  # abandoned (timed out): its outcome is not "never retrieved"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +175,11 @@ class Publisher:
         self._not_ready_reason = "not started"
         self._metadata_at = 0.0
         self._supervisor: asyncio.Task[None] | None = None
+        # Publish deadlines, oldest first (one timeout for all: appended in deadline order),
+        # enforced by one sweeping task instead of a timer per publish.
+        self._deadlines: deque[_Deadline] = deque()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._sweep_interval = min(_SWEEP_INTERVAL, self._timeout / 20)
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()
 
@@ -186,6 +214,12 @@ class Publisher:
         if self._producer is not None:
             with contextlib.suppress(KafkaError, TimeoutError):
                 await asyncio.wait_for(self._producer.flush(), self._timeout)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._producer is not None:
             await self._producer.stop()
             self._producer = None
 
@@ -317,6 +351,25 @@ class Publisher:
         else:
             self._set_health(True)
 
+    async def _sweep(self) -> None:
+        """Time out the publishes past their deadline; ends when none is pending."""
+        deadlines = self._deadlines
+        loop = asyncio.get_running_loop()
+        try:
+            while deadlines:
+                await asyncio.sleep(self._sweep_interval)
+                now = loop.time()
+                while deadlines:
+                    oldest = deadlines[0]
+                    if oldest.task is not None:
+                        if oldest.at > now:
+                            break
+                        oldest.expired = True
+                        oldest.task.cancel()
+                    deadlines.popleft()
+        finally:
+            self._sweeper = None
+
     async def partition_count(self, topic: str) -> int:
         """Partitions of `topic` (waits for the producer's metadata of it)."""
         if self._producer is None:
@@ -373,13 +426,34 @@ class Publisher:
         if producer is None or not self._healthy:
             metrics.PUBLISH_ERRORS.labels(kind="unavailable").inc()
             raise KafkaUnavailableError(self._not_ready_reason)
+        task = asyncio.current_task()
+        assert task is not None
+        loop = task.get_loop()
         started = time.perf_counter()
+        # The publish timeout, like asyncio.timeout (the task is cancelled at the deadline and
+        # the cancellation becomes a TimeoutError) but without a timer of its own.
+        deadline = _Deadline(loop.time() + self._timeout, task)
+        self._deadlines.append(deadline)
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep(), name="publish-deadlines")
+        cancelling = task.cancelling()
         metrics.PUBLISHES_IN_FLIGHT.inc()
         try:
-            async with asyncio.timeout(self._timeout):
+            try:
                 ack = await producer.send(topic, value, key=key, headers=headers)
-                # Shielded: a timeout abandons the wait, not the record, which may still land.
-                await asyncio.shield(ack)
+                if not ack.done():
+                    # Waited through a future of our own, so that a timeout abandons the
+                    # wait, not the record, which may still land (what asyncio.shield does).
+                    waiter: asyncio.Future[None] = loop.create_future()
+                    ack.add_done_callback(partial(_ack_done, waiter))
+                    await waiter
+                ack.result()
+            except asyncio.CancelledError:
+                if deadline.expired and task.uncancel() <= cancelling:
+                    raise TimeoutError from None
+                raise
+            finally:
+                deadline.task = None
         except TimeoutError:
             metrics.PUBLISH_ERRORS.labels(kind="timeout").inc()
             self._wake.set()
