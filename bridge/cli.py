@@ -56,7 +56,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_dev(args: argparse.Namespace) -> int:
     from bridge.dev import run_dev
 
-    return run_dev()
+    return run_dev(simulator=not args.no_simulator)
 
 
 def _cmd_schemas(args: argparse.Namespace) -> int:
@@ -193,9 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser(
         "dev",
-        help="run a local broker, the bridge and a console consumer (what `make run` does)",
+        help="run a local broker, the bridge, a simulated Apizee and a console consumer"
+        " (what `make run` does)",
         description="Start the embedded tansu broker (unless BRIDGE_KAFKA_BOOTSTRAP_SERVERS "
-        "is set), the bridge with a generated token, and print each event landing in Kafka.",
+        "is set), the bridge with a generated token, a simulated Apizee (REST API for the "
+        "poller, webhooks with 20% dropped) and print each event landing in Kafka.",
+    )
+    dev.add_argument(
+        "--no-simulator",
+        action="store_true",
+        help="run no simulated Apizee (also BRIDGE_DEV_SIMULATOR=false); with"
+        " BRIDGE_APIZEE_BASE_URL set, the real Apizee is polled instead",
     )
     dev.set_defaults(func=_cmd_dev)
 

@@ -1,5 +1,8 @@
 """`apizee-bridge dev`, what `make run` runs: a local broker (unless one is configured), the
-bridge with a generated token, and a console consumer printing each event as it lands in Kafka.
+bridge with a generated token, a console consumer printing each event as it lands in Kafka, and
+(unless turned off or a real Apizee is configured) a simulated Apizee in the same process: its
+REST API for the poller, and its webhooks sent to the bridge with some dropped on purpose, so
+that events flow and the poller can be seen filling the gaps.
 
 Dev tooling: the banner prints the session's token on purpose; nothing here runs in production.
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import shlex
 import signal
@@ -15,7 +19,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +48,9 @@ from bridge.config import (
 from bridge.devbroker import DevBrokerError, TansuBroker
 from bridge.errors import BridgeError
 from bridge.logs import configure_logging
+from bridge.models import Source
 from bridge.publisher import DLQ_SUFFIX, TopicNames, connection_kwargs
+from bridge.simulator import REST_PATH, SimEvent, Simulator, SimulatorConfig, WebhookConfig
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +79,31 @@ _CONSUMER_STOP_SECONDS: Final = 2.0
 _SUMMARY_CHARS: Final = 160
 _DLQ_BODY_BYTES: Final = 80
 
+# The simulated Apizee: a handful of sessions at a pace one can read, a fifth of their webhooks
+# lost on the way, and poller timings short enough to see each gap filled within seconds.
+SIMULATOR_ENV: Final = "BRIDGE_DEV_SIMULATOR"  # false/0/no/off: as --no-simulator
+SIM_TICKETS: Final = 10
+SIM_RATE: Final = 2.0  # events recorded per second
+SIM_DROP: Final = 0.2  # share of webhooks never sent
+SIM_FIRST_TICKET_ID: Final = 362  # the seed example's ticket 361 is served apart
+DEV_POLLER: Final[dict[str, float]] = {
+    "interval_seconds": 5.0,
+    "settle_seconds": 3.0,
+    "terminal_poll_delay_seconds": 4.0,
+    "retire_grace_seconds": 20.0,
+}
+# The seed example as the simulated Apizee lists it, so that the poller, once the banner's
+# curl has named ticket 361, finds the event there instead of a 404 on every poll.
+SEED_EVENT: Final = SimEvent(
+    event_id=1266,
+    event_type="media.OCRDone",
+    event_code=41,
+    ticket_id=361,
+    conversation_id=548,
+    at=1749581447.0,
+    attributes={"text": "text captured by OCR"},
+)
+
 
 class DevModeError(BridgeError):
     """Dev mode cannot start; the message says what to change."""
@@ -97,6 +128,9 @@ class _Plan:
     local_broker: bool
     # Sections ("ingress", "admin") whose default port was busy, with that port.
     busy_defaults: dict[str, int] = field(default_factory=dict)
+    # The simulated Apizee to run (its REST port is the kernel's pick: the poller's base URL
+    # is filled in once it listens); None with --no-simulator or BRIDGE_APIZEE_BASE_URL set.
+    simulator: SimulatorConfig | None = None
 
 
 def _user_settings() -> tuple[BridgeSettings, str | None]:
@@ -125,12 +159,50 @@ def _port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def _plan() -> _Plan:
+def simulator_wanted(flag_off: bool = False) -> bool:
+    """Whether dev mode runs the simulated Apizee: not with --no-simulator or
+    BRIDGE_DEV_SIMULATOR=false (nor, decided later, with BRIDGE_APIZEE_BASE_URL set)."""
+    if flag_off:
+        return False
+    raw = os.environ.get(SIMULATOR_ENV, "").strip().lower()
+    if raw in ("", "1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise DevModeError(f"{SIMULATOR_ENV}={raw!r}: expected true or false")
+
+
+def _simulator_config(local_broker: bool) -> SimulatorConfig:
+    return SimulatorConfig(
+        tickets=SIM_TICKETS,
+        rate=SIM_RATE,
+        first_ticket_id=SIM_FIRST_TICKET_ID,
+        # The local broker keeps nothing: short ids. A cluster keeps the ticket state of past
+        # sessions, whose ids would read as already published: start above them.
+        first_event_id=56_000 if local_broker else time.time_ns() // 1_000_000,
+        rest_token=secrets.token_urlsafe(16),
+    )
+
+
+def _plan(simulate: bool = True) -> _Plan:
     settings, token = _user_settings()
     overrides: dict[str, dict[str, Any]] = {}
     busy_defaults: dict[str, int] = {}
     if token is not None:
         overrides["auth"] = {"token": token}
+    local_broker = "bootstrap_servers" not in settings.kafka.model_fields_set
+    simulator = None
+    if simulate and settings.apizee.base_url is None:
+        simulator = _simulator_config(local_broker)
+        overrides["apizee"] = {"token": simulator.rest_token, "token_file": None}
+        # Short timings, unless the user chose their own.
+        poller = {
+            name: value
+            for name, value in DEV_POLLER.items()
+            if name not in settings.poller.model_fields_set
+        }
+        if poller:
+            overrides["poller"] = poller
     if "format" not in settings.log.model_fields_set:
         overrides["log"] = {"format": "console"}
     servers: tuple[tuple[str, IngressSettings | AdminSettings], ...] = (
@@ -154,8 +226,9 @@ def _plan() -> _Plan:
         settings=settings,
         overrides=overrides,
         generated_token=token,
-        local_broker="bootstrap_servers" not in settings.kafka.model_fields_set,
+        local_broker=local_broker,
         busy_defaults=busy_defaults,
+        simulator=simulator,
     )
 
 
@@ -206,13 +279,16 @@ def _local_broker() -> Iterator[TansuBroker]:
 # -- entry point ---------------------------------------------------------------------------
 
 
-def run_dev() -> int:
-    """Run dev mode until Ctrl-C or SIGTERM; 0 on a clean stop."""
+def run_dev(*, simulator: bool = True) -> int:
+    """Run dev mode until Ctrl-C or SIGTERM; 0 on a clean stop.
+
+    `simulator=False` (--no-simulator) runs no simulated Apizee.
+    """
     # Until the event loop takes over the signals (and after it gives them back), SIGTERM
     # unwinds like Ctrl-C, through the `finally` that stops the broker.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _run_dev()
+        return _run_dev(simulator)
     except KeyboardInterrupt:
         _say("apizee-bridge dev: interrupted")
         return EXIT_OK
@@ -220,9 +296,9 @@ def run_dev() -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_dev() -> int:
+def _run_dev(simulator: bool) -> int:
     try:
-        plan = _plan()
+        plan = _plan(simulator_wanted(flag_off=not simulator))
     except ConfigError as exc:
         print(f"apizee-bridge dev: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -266,14 +342,51 @@ def _run_loop(main: Coroutine[Any, Any, None]) -> None:
 # -- the session: bridge, console consumer, banner -------------------------------------------
 
 
+class _DevSimulator(Simulator):
+    """The simulated Apizee, which also lists the seed example under its ticket 361."""
+
+    def _recorded_events_of(self, ticket_id: int) -> Sequence[SimEvent] | None:
+        if ticket_id == SEED_EVENT.ticket_id:
+            return (SEED_EVENT,)
+        return super()._recorded_events_of(ticket_id)
+
+
+def _with_apizee_at(settings: BridgeSettings, base_url: str) -> BridgeSettings:
+    # Validated already with the simulator's token; only its URL was unknown until it listened.
+    apizee = settings.apizee.model_copy(update={"base_url": base_url})
+    return settings.model_copy(update={"apizee": apizee})
+
+
 async def _session(settings: BridgeSettings, plan: _Plan, broker: TansuBroker | None) -> None:
-    """Run the bridge and the console consumer until SIGINT/SIGTERM, then stop both."""
+    """Run the bridge, the console consumer and the simulator until SIGINT/SIGTERM; stop all."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     # serve() installs the same handlers on the same event; installed here too so that a
     # Ctrl-C before the bridge listens also stops everything.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    simulator: Simulator | None = None
+    if plan.simulator is not None:
+        # Before the bridge: its REST API is there when the poller first calls it.
+        simulator = _DevSimulator(plan.simulator)
+        await simulator.start()
+        settings = _with_apizee_at(settings, simulator.base_url)
+    try:
+        await _run_session(settings, plan, broker, stop, simulator)
+    finally:
+        if simulator is not None:
+            # After the bridge: no poll in flight meets a closed server.
+            await simulator.stop()
+
+
+async def _run_session(
+    settings: BridgeSettings,
+    plan: _Plan,
+    broker: TansuBroker | None,
+    stop: asyncio.Event,
+    simulator: Simulator | None,
+) -> None:
+    loop = asyncio.get_running_loop()
     listening: asyncio.Future[Listening] = loop.create_future()
     consumer = ConsoleConsumer(settings.kafka)
     consumer_task = asyncio.create_task(consumer.run(stop), name="dev-console-consumer")
@@ -284,18 +397,30 @@ async def _session(settings: BridgeSettings, plan: _Plan, broker: TansuBroker | 
             stop.set()
 
     consumer_task.add_done_callback(stop_on_failure)
+    announced = asyncio.Event()
     announce_task = asyncio.create_task(
-        _announce(settings, plan, broker, listening, consumer, stop), name="dev-banner"
+        _announce(settings, plan, broker, listening, consumer, stop, announced),
+        name="dev-banner",
     )
+    tasks = [announce_task]
+    if simulator is not None:
+        tasks.append(
+            asyncio.create_task(
+                _send_webhooks(settings, simulator, listening, announced, stop),
+                name="dev-simulator-webhooks",
+            )
+        )
     try:
         await serve(settings, stop=stop, on_listening=listening.set_result)
     finally:
         # The bridge has drained and flushed: what it published has been printed, or will be
         # within one poll; then the consumer stops.
         stop.set()
-        announce_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await announce_task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         # It stops within one poll, unless a request to an unreachable cluster is pending.
         await asyncio.wait({consumer_task}, timeout=_CONSUMER_STOP_SECONDS)
         consumer_task.cancel()
@@ -310,6 +435,7 @@ async def _announce(
     listening: asyncio.Future[Listening],
     consumer: ConsoleConsumer,
     stop: asyncio.Event,
+    announced: asyncio.Event,
 ) -> None:
     """Print the banner once the bridge is ready and the console consumer sees every topic."""
     where = await listening
@@ -321,6 +447,55 @@ async def _announce(
             await consumer.all_assigned.wait()
     if not stop.is_set():
         _say(_banner(settings, plan, broker, where, admin_base, ready))
+        announced.set()
+
+
+async def _send_webhooks(
+    settings: BridgeSettings,
+    simulator: Simulator,
+    listening: asyncio.Future[Listening],
+    announced: asyncio.Event,
+    stop: asyncio.Event,
+) -> None:
+    """Send the simulator's webhooks to the bridge from the banner on, until all are sent."""
+    where = await listening
+    await announced.wait()
+    sending = asyncio.create_task(simulator.send_all(_webhook_config(settings, where.webhook_url)))
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({sending, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sending, stopping):
+            task.cancel()
+        await asyncio.gather(sending, stopping, return_exceptions=True)
+    if stop.is_set() or sending.cancelled() or sending.exception() is not None:
+        return
+    report = sending.result().summary()
+    poller = settings.poller
+    _say(
+        f"apizee-bridge dev: the simulator sent its last webhook ({report['events']} events,"
+        f" {report['dropped']} dropped, {report['acked']} accepted); the poller fills the last"
+        f" gaps within ~{poller.interval_seconds + poller.settle_seconds:g}s. Ctrl-C to stop."
+    )
+
+
+def _webhook_config(settings: BridgeSettings, url: str) -> WebhookConfig:
+    """How the simulator posts to this bridge: with the first credentials it takes."""
+    auth = settings.auth
+    credentials: dict[str, Any] = {}
+    if auth.hmac_secret is not None:
+        credentials = {
+            "hmac_secret": auth.hmac_secret.get_secret_value(),
+            "hmac_header": auth.hmac_header,
+            "hmac_encoding": auth.hmac_encoding,
+            "hmac_prefix": auth.hmac_prefix,
+            "timestamp_header": auth.timestamp_header,
+        }
+    elif auth.token is not None:
+        credentials = {"token": auth.token.get_secret_value(), "token_header": auth.token_header}
+    elif auth.basic_username is not None and auth.basic_password is not None:
+        credentials = {"basic": (auth.basic_username, auth.basic_password.get_secret_value())}
+    return WebhookConfig(url=url, drop=SIM_DROP, **credentials)
 
 
 async def _wait_ready(url: str, deadline: float, stop: asyncio.Event) -> bool:
@@ -388,18 +563,54 @@ def _banner(
         f"  webhook  {webhook}",
         f"  admin    {admin_base}/metrics  {admin_base}/readyz",
         f"  {auth_line}",
+        *_apizee_lines(settings, plan),
         *(f"  note     {note}" for note in notes),
         "",
+        *_simulation_lines(plan),
         "Post the seed example (media.OCRDone, event 1266); it shows up below as it lands:",
         "",
         f"  {curl}",
         "",
-        "Ctrl-C stops the bridge" + (" and the broker." if broker is not None else "."),
+        "Ctrl-C stops the bridge"
+        + (", the simulator" if plan.simulator is not None else "")
+        + (" and the broker." if broker is not None else "."),
         "",
     ]
     if not ready:
         lines.insert(2, f"  (the bridge answers 503 until {admin_base}/readyz says ready)")
     return "\n".join(lines)
+
+
+def _apizee_lines(settings: BridgeSettings, plan: _Plan) -> list[str]:
+    apizee, poller = settings.apizee, settings.poller
+    if apizee.base_url is None:
+        return [
+            "  apizee   none: no poller (simulator off; set"
+            f" {env_name('apizee', 'base_url')} to poll Apizee)"
+        ]
+    where = (
+        f"simulator {apizee.base_url}{REST_PATH} ({SIM_TICKETS} tickets, {SIM_RATE:g} events/s)"
+        if plan.simulator is not None
+        else f"{apizee.base_url} ({env_name('apizee', 'base_url')})"
+    )
+    polling = (
+        f"every {poller.interval_seconds:g}s, gaps older than {poller.settle_seconds:g}s"
+        if poller.enabled
+        else f"off ({env_name('poller', 'enabled')}=false)"
+    )
+    return [f"  apizee   {where}", f"  poller   {polling}"]
+
+
+def _simulation_lines(plan: _Plan) -> list[str]:
+    if plan.simulator is None:
+        return []
+    return [
+        f"Simulated sessions start now; the simulator drops {SIM_DROP:.0%} of their webhooks on"
+        " purpose.",
+        "Each event prints below as it lands: source=WEBHOOK, or source=POLLER (gap filled)",
+        "when the poller found it in the REST API instead. --no-simulator turns this off.",
+        "",
+    ]
 
 
 def _auth_for_curl(settings: BridgeSettings, generated_token: str | None) -> tuple[str, list[str]]:
@@ -558,8 +769,8 @@ class ConsoleConsumer:
         key = record.key.decode(errors="replace") if record.key is not None else "-"
         where = f"{record.topic} p{record.partition}@{record.offset} key={key}"
         value: bytes = record.value or b""
+        headers = {name: raw.decode(errors="replace") for name, raw in record.headers or ()}
         if record.topic == self._topics.dlq:
-            headers = {name: raw.decode(errors="replace") for name, raw in record.headers or ()}
             body = value[:_DLQ_BODY_BYTES]
             more = f"... ({len(value)} bytes)" if len(value) > _DLQ_BODY_BYTES else ""
             return (
@@ -580,8 +791,11 @@ class ConsoleConsumer:
         if event.extra:
             facts["extra"] = event.extra
         summary = " ".join(f"{name}={_compact(v)}" for name, v in facts.items() if v is not None)
+        # The header consumers route on; the body says the same.
+        source = headers.get("source", event.source.value)
+        filled = " (gap filled)" if source == Source.POLLER.value else ""
         return (
-            f"{where} {event.event_type} id={event.event_id} {event.source.value}"
+            f"{where} {event.event_type} id={event.event_id} source={source}{filled}"
             f" at={occurred.strftime('%Y-%m-%dT%H:%M:%SZ')} {_clip(summary)}"
         )
 

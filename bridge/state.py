@@ -399,7 +399,7 @@ class StateSync:
             return
         tps = [TopicPartition(self.topic, p) for p in partitions]
         ends = await consumer.end_offsets(tps)
-        consumer.seek_to_beginning(*tps)
+        await consumer.seek_to_beginning(*tps)
         self._restore_started = time.monotonic()
         self._restoring = {tp.partition: ends[tp] for tp in tps if ends[tp] > 0}
         self._pending_assign = set(partitions)
@@ -436,7 +436,7 @@ class StateSync:
             if tps:
                 consumer.assign(tps)
                 ends = await consumer.end_offsets(tps)
-                consumer.seek_to_beginning(*tps)
+                await consumer.seek_to_beginning(*tps)
                 pending = {tp for tp in tps if ends[tp] > 0}
                 while pending:
                     batches = await consumer.getmany(timeout_ms=200, max_records=5000)

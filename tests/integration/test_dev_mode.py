@@ -1,5 +1,6 @@
-"""`apizee-bridge dev` (what `make run` runs), as a newcomer uses it: start it, paste the
-printed curl, see the event land, Ctrl-C; the process exits 0 and takes its broker with it.
+"""`apizee-bridge dev` (what `make run` runs), as a newcomer uses it: start it, watch the
+simulated sessions land (some through the poller), paste the printed curl, see the event land,
+Ctrl-C; the process exits 0 and takes its broker with it.
 """
 
 from __future__ import annotations
@@ -24,17 +25,21 @@ from bridge.devbroker import free_port
 
 pytestmark = pytest.mark.integration
 
-START_TIMEOUT = 30.0  # broker + bridge + topics; about 1 s on a laptop
+START_TIMEOUT = 30.0  # broker + bridge + topics + state restore; about 6 s on a laptop
 EVENT_TIMEOUT = 10.0
+# Gaps are filled a poll interval (5 s) after the first webhook of their ticket, once older
+# than the settle delay (3 s): the first within ~10 s of the banner.
+GAPS_TIMEOUT = 20.0
+LANDED = re.compile(r"^apizee\.session-events\.\w+ p\d+@\d+ key=(\d+) \S+ id=(\d+) source=(\w+)")
 STOP_TIMEOUT = 15.0
 BANNER_END = "Ctrl-C stops"
 
 
-def _command() -> list[str]:
+def _command(*args: str) -> list[str]:
     script = Path(sys.executable).with_name("apizee-bridge")
     if script.is_file():
-        return [str(script), "dev"]
-    return [sys.executable, "-m", "bridge.cli", "dev"]
+        return [str(script), "dev", *args]
+    return [sys.executable, "-m", "bridge.cli", "dev", *args]
 
 
 def _env(**settings: str) -> dict[str, str]:
@@ -92,11 +97,11 @@ class DevProcess:
 
 
 @contextlib.asynccontextmanager
-async def dev_mode(tmp_path: Path, **settings: str) -> AsyncIterator[DevProcess]:
+async def dev_mode(tmp_path: Path, *args: str, **settings: str) -> AsyncIterator[DevProcess]:
     stderr_path = tmp_path / "dev.stderr"
     with stderr_path.open("wb") as stderr:
         process = await asyncio.create_subprocess_exec(
-            *_command(),
+            *_command(*args),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
@@ -158,7 +163,15 @@ def _listening(host: str, port: int) -> Iterator[socket.socket]:
         yield sock
 
 
-async def test_seed_example_lands_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+def _landed(lines: list[str]) -> list[tuple[int, int, str]]:
+    """(ticket, event id, source) of every event line the console consumer printed."""
+    found = [LANDED.match(line) for line in lines]
+    return [(int(m[1]), int(m[2]), m[3]) for m in found if m is not None]
+
+
+async def test_simulated_sessions_and_the_seed_example_land_then_ctrl_c_stops_everything(
+    tmp_path: Path,
+) -> None:
     public, admin = free_port(), free_port()
     async with dev_mode(
         tmp_path, BRIDGE_INGRESS_PORT=str(public), BRIDGE_ADMIN_PORT=str(admin)
@@ -170,6 +183,16 @@ async def test_seed_example_lands_and_ctrl_c_stops_everything(tmp_path: Path) ->
         webhook, token = dev.banner_value("webhook"), dev.banner_value("token")
         assert webhook == f"http://127.0.0.1:{public}/webhooks/apizee"
         assert dev.banner_value("admin") == f"http://127.0.0.1:{admin}/metrics"
+        assert dev.banner_value("apizee") == "simulator"
+        assert "  poller   every 5s, gaps older than 3s" in dev.lines, dev.transcript()
+
+        # The simulator's sessions land as they happen; the webhooks it drops on purpose
+        # land too, a few seconds later, published by the poller from the REST API.
+        def enough(_: str) -> bool:
+            sources = [source for _, _, source in _landed(dev.lines)]
+            return sources.count("WEBHOOK") >= 10 and sources.count("POLLER") >= 2
+
+        await dev.read_until(enough, GAPS_TIMEOUT)
 
         # The printed command, verbatim: its URL, headers and body.
         url, headers, body = _curl_request(curl.strip())
@@ -185,7 +208,7 @@ async def test_seed_example_lands_and_ctrl_c_stops_everything(tmp_path: Path) ->
         landed = await dev.read_until(lambda line: "media.OCRDone id=1266" in line, EVENT_TIMEOUT)
         assert landed.startswith("apizee.session-events.media p"), landed
         assert "key=361" in landed
-        assert "WEBHOOK" in landed
+        assert "source=WEBHOOK" in landed
         assert "text='text captured by OCR'" in landed
 
         started = time.monotonic()
@@ -194,8 +217,23 @@ async def test_seed_example_lands_and_ctrl_c_stops_everything(tmp_path: Path) ->
         assert time.monotonic() - started < STOP_TIMEOUT
         assert dev.lines[-1] == "apizee-bridge dev: stopped", dev.transcript()
         assert _process_gone(dev.broker_pid), f"tansu pid {dev.broker_pid} survived"
-        # The token is for the terminal, never for the logs.
-        assert token not in dev.stderr_path.read_text(errors="replace")
+
+    landed_events = _landed(dev.lines)
+    ids = [event_id for _, event_id, _ in landed_events]
+    assert len(ids) == len(set(ids)), f"an event landed twice; {dev.transcript()}"
+    # The seed's ticket 361, and the simulator's tickets from 362 on.
+    assert min(t for t, _, _ in landed_events) == 361
+    filled = {t for t, _, source in landed_events if source == "POLLER"}
+    assert filled
+    assert min(filled) >= 362
+    events = [line for line in dev.lines if LANDED.match(line)]
+    assert all("source=POLLER (gap filled) at=" in line for line in events if "=POLLER" in line)
+    stderr = dev.stderr_path.read_text(errors="replace")
+    # The token is for the terminal, never for the logs.
+    assert token not in stderr
+    # Nothing failed on the way: no poll of the simulator, no coroutine left un-awaited.
+    for trouble in ("poll_failed", "poll_crashed", "Traceback", "never awaited"):
+        assert trouble not in stderr, dev.transcript()
 
 
 async def test_busy_default_port_falls_back_to_a_free_one(tmp_path: Path) -> None:
@@ -203,12 +241,13 @@ async def test_busy_default_port_falls_back_to_a_free_one(tmp_path: Path) -> Non
         # Held here, or already taken by something else: busy either way.
         with contextlib.suppress(OSError):
             stack.enter_context(_listening("127.0.0.1", 8080))
-        async with dev_mode(tmp_path, BRIDGE_ADMIN_PORT=str(free_port())) as dev:
+        async with dev_mode(tmp_path, "--no-simulator", BRIDGE_ADMIN_PORT=str(free_port())) as dev:
             await dev.read_until(lambda line: line.startswith(BANNER_END), START_TIMEOUT)
             dev.broker_pid = _broker_pid(dev)
             webhook = dev.banner_value("webhook")
             assert not webhook.startswith("http://127.0.0.1:8080/"), webhook
             assert any("ingress port 8080 (the default) is busy" in line for line in dev.lines)
+            assert dev.banner_value("apizee") == "none:", dev.transcript()
             assert await dev.stop(signal.SIGTERM) == 0, dev.transcript()
             assert _process_gone(dev.broker_pid)
 

@@ -1,0 +1,198 @@
+"""Dev mode's decisions (bridge/dev.py) without starting anything: whether the simulated Apizee
+runs and how the bridge is pointed at it, how its webhooks authenticate, and the console line
+that tells a gap filled by the poller from a webhook.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+import aiohttp
+import orjson
+import pytest
+
+from bridge.apizee import parse_events_body
+from bridge.codec import Codec
+from bridge.config import KafkaSettings, load_settings
+from bridge.dev import (
+    DEV_POLLER,
+    SEED_EVENT,
+    SEED_WEBHOOK,
+    SIM_DROP,
+    ConsoleConsumer,
+    DevModeError,
+    _DevSimulator,
+    _plan,
+    _webhook_config,
+    simulator_wanted,
+)
+from bridge.models import Source, from_webhook, parse_webhook
+from bridge.simulator import REST_PATH, SimulatorConfig
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No BRIDGE_* of the caller's; ports the plan does not need to probe."""
+    for name in list(os.environ):
+        if name.upper().startswith("BRIDGE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("BRIDGE_INGRESS_PORT", "0")
+    monkeypatch.setenv("BRIDGE_ADMIN_PORT", "0")
+
+
+# -- whether the simulator runs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "wanted"),
+    [(None, True), ("", True), ("true", True), ("1", True), ("false", False), ("OFF", False)],
+)
+def test_the_simulator_runs_unless_the_environment_says_false(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, wanted: bool
+) -> None:
+    if value is not None:
+        monkeypatch.setenv("BRIDGE_DEV_SIMULATOR", value)
+    assert simulator_wanted() is wanted
+    assert simulator_wanted(flag_off=True) is False  # --no-simulator wins
+
+
+def test_a_misspelt_simulator_switch_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_DEV_SIMULATOR", "flase")
+    with pytest.raises(DevModeError, match="BRIDGE_DEV_SIMULATOR='flase'"):
+        simulator_wanted()
+
+
+def test_by_default_the_poller_reads_the_simulator_with_short_timings() -> None:
+    plan = _plan()
+    assert plan.simulator is not None
+    assert plan.overrides["apizee"] == {"token": plan.simulator.rest_token, "token_file": None}
+    assert plan.overrides["poller"] == DEV_POLLER
+    assert plan.simulator.first_event_id == 56_000  # the local broker starts empty
+    settings = load_settings(**plan.overrides)
+    assert settings.apizee.token is not None
+    assert settings.apizee.token.get_secret_value() == plan.simulator.rest_token
+    assert (settings.poller.interval_seconds, settings.poller.settle_seconds) == (5.0, 3.0)
+
+
+def test_poller_timings_the_user_chose_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_POLLER_INTERVAL_SECONDS", "30")
+    settings = load_settings(**_plan().overrides)
+    assert (settings.poller.interval_seconds, settings.poller.settle_seconds) == (30.0, 3.0)
+
+
+def test_a_configured_apizee_is_polled_instead_of_the_simulator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BRIDGE_APIZEE_BASE_URL", "https://apizee.example")
+    monkeypatch.setenv("BRIDGE_APIZEE_TOKEN", "real-token")
+    plan = _plan()
+    assert plan.simulator is None
+    assert "apizee" not in plan.overrides
+    assert "poller" not in plan.overrides  # the real API gets the real timings
+    settings = load_settings(**plan.overrides)
+    assert settings.apizee.base_url == "https://apizee.example"
+    assert settings.poller.interval_seconds == 60.0
+
+
+def test_without_the_simulator_there_is_no_poller() -> None:
+    plan = _plan(simulate=False)
+    assert plan.simulator is None
+    assert load_settings(**plan.overrides).apizee.base_url is None
+
+
+def test_on_a_lasting_cluster_the_simulated_ids_are_new(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its state topic remembers past sessions: their ids must not come back.
+    monkeypatch.setenv("BRIDGE_KAFKA_BOOTSTRAP_SERVERS", "kafka.example:9092")
+    first = _plan().simulator
+    second = _plan().simulator
+    assert first is not None
+    assert second is not None
+    assert 56_000 < first.first_event_id <= second.first_event_id
+
+
+# -- the simulator's webhooks authenticate as the bridge expects --------------------------------
+
+
+def test_webhooks_carry_the_generated_token() -> None:
+    plan = _plan()
+    settings = load_settings(**plan.overrides)
+    config = _webhook_config(settings, "http://127.0.0.1:1/webhooks/apizee")
+    assert (config.token, config.token_header) == (plan.generated_token, "X-Webhook-Token")
+    assert (config.hmac_secret, config.basic, config.drop) == (None, None, SIM_DROP)
+
+
+def test_webhooks_are_signed_when_hmac_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_AUTH_HMAC_SECRET", "k3y")
+    monkeypatch.setenv("BRIDGE_AUTH_TIMESTAMP_HEADER", "X-Apizee-Timestamp")
+    settings = load_settings(**_plan().overrides)
+    config = _webhook_config(settings, "http://127.0.0.1:1/webhooks/apizee")
+    assert (config.hmac_secret, config.timestamp_header, config.token) == (
+        "k3y",
+        "X-Apizee-Timestamp",
+        None,
+    )
+
+
+def test_webhooks_use_basic_auth_when_that_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_AUTH_BASIC_USERNAME", "apizee")
+    monkeypatch.setenv("BRIDGE_AUTH_BASIC_PASSWORD", "pw")
+    settings = load_settings(**_plan().overrides)
+    assert _webhook_config(settings, "http://127.0.0.1:1/").basic == ("apizee", "pw")
+
+
+# -- the simulated REST API knows the banner's example ------------------------------------------
+
+
+async def test_the_simulated_apizee_lists_the_seed_example_under_ticket_361() -> None:
+    config = SimulatorConfig(tickets=4, manual=True, first_ticket_id=362, rest_token="t")
+    async with _DevSimulator(config) as simulator, aiohttp.ClientSession() as session:
+        url = simulator.base_url + REST_PATH.format(ticketId=361)
+        async with session.get(url, headers={"Authorization": "Bearer t"}) as response:
+            assert response.status == 200
+            items, invalid = parse_events_body(await response.read())
+    assert invalid == []
+    [item] = items
+    webhook = orjson.loads(SEED_WEBHOOK)
+    assert (item.id, item.eventType, item.timestamp, item.conversationId) == (
+        webhook["objectId"],
+        webhook["props"]["eventType"],
+        webhook["time"],
+        webhook["props"]["conversationId"],
+    )
+    assert item.data == {"text": webhook["props"]["text"]}
+    assert SEED_EVENT.ticket_id == webhook["props"]["ticketId"]
+
+
+# -- the console line ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+@pytest.mark.parametrize(
+    ("source", "shown"),
+    [(Source.WEBHOOK, "source=WEBHOOK at="), (Source.POLLER, "source=POLLER (gap filled) at=")],
+)
+def test_the_console_line_shows_where_the_event_came_from(source: Source, shown: str) -> None:
+    codec = Codec()
+    event = replace(from_webhook(parse_webhook(SEED_WEBHOOK), 0), source=source)
+    record = _Record(
+        "apizee.session-events.media",
+        1,
+        7,
+        b"361",
+        codec.encode(event),
+        [("event-type", b"media.OCRDone"), ("source", source.value.encode())],
+    )
+    line = ConsoleConsumer(KafkaSettings(), codec=codec).describe(record)
+    assert line.startswith(
+        f"apizee.session-events.media p1@7 key=361 media.OCRDone id=1266 {shown}"
+    ), line
