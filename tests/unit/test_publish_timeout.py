@@ -37,12 +37,6 @@ class FakeProducer:
         self.sent.set()
         return ack
 
-    async def flush(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
     async def next_ack(self) -> asyncio.Future[Any]:
         await asyncio.wait_for(self.sent.wait(), 5.0)
         self.sent.clear()
@@ -66,6 +60,15 @@ def _errors(kind: str) -> float:
     return REGISTRY.get_sample_value("apizee_bridge_publish_errors_total", labels) or 0.0
 
 
+async def _close(publisher: Publisher) -> None:
+    """Stop the deadline sweeper (not stop(): it logs, and earlier tests may have pointed
+    structlog at a stream that is closed by now)."""
+    sweeper = publisher._sweeper
+    if sweeper is not None:
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
+
+
 async def _send(publisher: Publisher) -> None:
     await publisher._send("t", b"k", b"v", [], "category")
 
@@ -87,7 +90,7 @@ async def test_an_ack_that_does_not_come_in_time_is_a_timeout_and_the_record_is_
     assert not ack.done()
     ack.set_exception(KafkaConnectionError())
     await asyncio.sleep(0)
-    await publisher.stop()
+    await _close(publisher)
 
 
 async def test_a_stuck_send_times_out_too() -> None:
@@ -98,7 +101,7 @@ async def test_a_stuck_send_times_out_too() -> None:
         await _send(publisher)
 
     assert TIMEOUT <= time.monotonic() - started < TIMEOUT + 0.5
-    await publisher.stop()
+    await _close(publisher)
 
 
 async def test_acks_in_time_succeed_and_failed_acks_are_unavailable() -> None:
@@ -115,7 +118,7 @@ async def test_acks_in_time_succeed_and_failed_acks_are_unavailable() -> None:
         await task
     # Past the deadlines of both: nothing fires late.
     await asyncio.sleep(TIMEOUT + 0.2)
-    await publisher.stop()
+    await _close(publisher)
 
 
 async def test_the_callers_cancellation_is_not_a_timeout() -> None:
@@ -131,4 +134,4 @@ async def test_the_callers_cancellation_is_not_a_timeout() -> None:
 
     assert not ack.cancelled()
     assert _errors("timeout") == before
-    await publisher.stop()
+    await _close(publisher)
