@@ -380,14 +380,20 @@ class Publisher:
 
     async def publish(self, event: CanonicalEvent) -> None:
         """Encode and publish one event; returns once Kafka acknowledged it."""
-        route = self._routes.get(event.event_type) or self._routes[""]
+        route = self._routes.get(event.event_type)
+        if route is None:
+            # An eventType the catalog lacks: the generic schema's route, the event's own type.
+            route = self._routes[""]
+            event_type_header = event.event_type.encode()
+        else:
+            event_type_header = route.event_type_header
         try:
             value = self._codec.encode(event)
         except CodecError:
             metrics.PUBLISH_ERRORS.labels(kind="encode").inc()
             raise
         headers = [
-            ("event-type", route.event_type_header),
+            ("event-type", event_type_header),
             ("event-id", str(event.event_id).encode()),
             ("source", event.source.value.encode()),
             ("schema-fingerprint", route.fingerprint_header),
