@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import random
 import signal
 import socket
 import struct
@@ -29,6 +30,10 @@ __all__ = [
 ]
 
 _LOOPBACK = "127.0.0.1"
+# free_port() draws from here: below the kernel's ephemeral port range.
+_PORT_LOW, _PORT_HIGH = 20_000, 32_000
+_rng = random.SystemRandom()
+_handed_out: set[int] = set()
 _POLL_INTERVAL = 0.05
 _LOG_TAIL_LINES = 40
 
@@ -42,11 +47,24 @@ class _ExitedEarlyError(DevBrokerError):
 
 
 def free_port(host: str = _LOOPBACK) -> int:
-    """A TCP port that was free on `host` a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
+    """A TCP port that was free on `host` a moment ago, for a server started later.
+
+    Drawn below the kernel's ephemeral range (Linux: 32768-60999): a port the kernel hands
+    out (port 0, or the local end of an outgoing connection, such as a Kafka client's)
+    could be taken again before our server binds it; these are never handed out.
+    """
+    for _ in range(200):
+        port = _rng.randrange(_PORT_LOW, _PORT_HIGH)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise DevBrokerError(f"no free port in {_PORT_LOW}-{_PORT_HIGH} on {host}")
 
 
 def resolve_tansu_binary() -> str:
