@@ -419,13 +419,17 @@ def bridge_answers(admin_url: str, timeout: float = 15.0) -> Counter[tuple[int, 
     """The bridge's own count of webhook answers by (status, reason), all workers merged,
     read once the requests wrk left in flight have been answered."""
     deadline = time.monotonic() + timeout
+    # Twice in a row 0.2 s apart: the gauge of a worker that does not answer the scrape is
+    # sampled every 0.1 s.
+    idle = 0
     while True:
         with urllib.request.urlopen(f"{admin_url}/metrics", timeout=5) as response:
             text = response.read().decode()
         in_flight = sum(float(x) for x in _IN_FLIGHT.findall(text))
-        if in_flight == 0 or time.monotonic() > deadline:
+        idle = idle + 1 if in_flight == 0 else 0
+        if idle == 2 or time.monotonic() > deadline:
             break
-        time.sleep(0.1)
+        time.sleep(0.2)
     answers: Counter[tuple[int, str]] = Counter()
     for reason, status, value in _ANSWERS.findall(text):
         answers[int(status), reason] += round(float(value))

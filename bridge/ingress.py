@@ -7,12 +7,13 @@ around it, maps every outcome to a status, a JSON body and the request metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -42,6 +43,8 @@ REQUEST_ID_HEADER: Final = "X-Request-Id"
 # A caller's request id is echoed and logged only if it is short and plain (no log injection).
 _REQUEST_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _JSON: Final = "application/json"
+# How stale the in-flight and dedupe gauges may be between scrapes (seconds).
+GAUGE_INTERVAL: Final = 0.1
 
 
 class Tracker(Protocol):
@@ -69,6 +72,8 @@ class Ingress:
     dedupe: RecentIds
     tracker: Tracker | None = None
     shutting_down: bool = field(default=False)
+    # Webhooks being handled now; the gauge samples it (see sample_gauges).
+    in_flight: int = field(default=0)
 
     @property
     def not_ready_reason(self) -> str | None:
@@ -158,7 +163,7 @@ async def observe(
     request_id = _request_id(request)
     request["request_id"] = request_id
     started = time.perf_counter()
-    metrics.WEBHOOKS_IN_FLIGHT.inc()
+    ingress.in_flight += 1
     try:
         response = await handler(request)
         reason: str = request.get("reason", "accepted")
@@ -182,7 +187,7 @@ async def observe(
                 "webhook_refused", request_id=request_id, status=response.status, reason=reason
             )
     finally:
-        metrics.WEBHOOKS_IN_FLIGHT.dec()
+        ingress.in_flight -= 1
     response.headers[REQUEST_ID_HEADER] = request_id
     status = str(response.status)
     _REQUESTS_BY(status, reason).inc()
@@ -257,7 +262,6 @@ async def receive_webhook(request: web.Request) -> web.Response:
         raise
     finally:
         ingress.dedupe.release(event.event_id, published)
-        metrics.DEDUPE_ENTRIES.set(len(ingress.dedupe))
     if tracker is not None:
         tracker.published(event)
 
@@ -265,6 +269,31 @@ async def receive_webhook(request: web.Request) -> web.Response:
         request["reason"] = "unknown_event_type"
         return _json(202, {"status": "unknown_event_type", "eventId": event.event_id})
     return _json(200, {"status": "accepted", "eventId": event.event_id})
+
+
+def sample_gauges(ingress: Ingress) -> None:
+    """The ingress's gauges, from its counts: set on an interval and on each scrape rather
+    than on every request (a gauge update per request costs more than the request's share)."""
+    metrics.WEBHOOKS_IN_FLIGHT.set(ingress.in_flight)
+    metrics.DEDUPE_ENTRIES.set(len(ingress.dedupe))
+
+
+async def _sample_gauges_forever(ingress: Ingress) -> None:
+    while True:
+        sample_gauges(ingress)
+        await asyncio.sleep(GAUGE_INTERVAL)
+
+
+async def _gauges(app: web.Application) -> AsyncIterator[None]:
+    ingress = app[INGRESS]
+    sampler = asyncio.create_task(_sample_gauges_forever(ingress), name="ingress-gauges")
+    try:
+        yield
+    finally:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+        sample_gauges(ingress)
 
 
 async def handle_webhook(request: web.Request) -> web.StreamResponse:
@@ -282,10 +311,12 @@ def build_public_app(ingress: Ingress) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[INGRESS] = ingress
     app.router.add_post(settings.path, handle_webhook)
+    app.cleanup_ctx.append(_gauges)
     return app
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
+    sample_gauges(request.app[INGRESS])
     return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
 
 

@@ -180,6 +180,8 @@ class Publisher:
         self._deadlines: deque[_Deadline] = deque()
         self._sweeper: asyncio.Task[None] | None = None
         self._sweep_interval = min(_SWEEP_INTERVAL, self._timeout / 20)
+        # Records handed to the producer and not acknowledged; the sweeper sets the gauge.
+        self._in_flight = 0
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()
 
@@ -352,11 +354,13 @@ class Publisher:
             self._set_health(True)
 
     async def _sweep(self) -> None:
-        """Time out the publishes past their deadline; ends when none is pending."""
+        """Time out the publishes past their deadline, and sample the in-flight gauge (not
+        updated per publish); ends when none is pending."""
         deadlines = self._deadlines
         loop = asyncio.get_running_loop()
         try:
             while deadlines:
+                metrics.PUBLISHES_IN_FLIGHT.set(self._in_flight)
                 await asyncio.sleep(self._sweep_interval)
                 now = loop.time()
                 while deadlines:
@@ -369,6 +373,7 @@ class Publisher:
                     deadlines.popleft()
         finally:
             self._sweeper = None
+            metrics.PUBLISHES_IN_FLIGHT.set(self._in_flight)
 
     async def partition_count(self, topic: str) -> int:
         """Partitions of `topic` (waits for the producer's metadata of it)."""
@@ -443,7 +448,7 @@ class Publisher:
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep(), name="publish-deadlines")
         cancelling = task.cancelling()
-        metrics.PUBLISHES_IN_FLIGHT.inc()
+        self._in_flight += 1
         try:
             try:
                 ack = await producer.send(topic, value, key=key, headers=headers)
@@ -469,5 +474,5 @@ class Publisher:
             self._wake.set()
             raise KafkaUnavailableError(type(exc).__name__) from exc
         finally:
-            metrics.PUBLISHES_IN_FLIGHT.dec()
+            self._in_flight -= 1
         self._duration_by(topic_kind).observe(time.perf_counter() - started)

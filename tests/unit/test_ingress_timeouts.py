@@ -18,7 +18,7 @@ from bridge.auth import Authenticator
 from bridge.codec import Codec
 from bridge.config import BridgeSettings, load_settings
 from bridge.dedupe import RecentIds
-from bridge.ingress import Ingress, build_public_app
+from bridge.ingress import GAUGE_INTERVAL, INGRESS, Ingress, build_public_app, sample_gauges
 from bridge.publisher import Publisher
 
 REQUEST_TIMEOUT = 0.5
@@ -128,3 +128,24 @@ async def test_a_body_that_came_with_its_headers_is_read_at_once(server: TestSer
     assert status_line.startswith(b"HTTP/1.1 401"), status_line
     assert took < REQUEST_TIMEOUT
     assert _answers("401", "missing_credentials") == before + 1
+
+
+async def test_the_in_flight_gauge_is_sampled_from_the_count(server: TestServer) -> None:
+    # Not updated per request: sampled every GAUGE_INTERVAL and on each scrape.
+    app = server.app
+    assert app is not None
+    ingress = app[INGRESS]
+    gauge = "apizee_bridge_webhooks_in_flight"
+    ingress.in_flight = 3
+    await asyncio.sleep(GAUGE_INTERVAL * 3)
+    assert REGISTRY.get_sample_value(gauge) == 3
+    ingress.in_flight = 0
+    sample_gauges(ingress)
+    assert REGISTRY.get_sample_value(gauge) == 0
+    # After a request, back to 0 within an interval.
+    head = _head(server, f"Content-Length: {len(BODY)}\r\n") + BODY
+    status_line, _ = await _exchange(server, head, [])
+    assert status_line.startswith(b"HTTP/1.1 401"), status_line
+    assert ingress.in_flight == 0
+    await asyncio.sleep(GAUGE_INTERVAL * 3)
+    assert REGISTRY.get_sample_value(gauge) == 0
