@@ -485,6 +485,9 @@ class ApizeeClient:
         if waited > 0:
             metrics.APIZEE_RATE_LIMIT_WAITS.inc()
             metrics.APIZEE_RATE_LIMIT_WAIT_SECONDS.inc(waited)
+            # The circuit may have opened while this call queued for a token: a failing
+            # Apizee must not get the whole queue sent to it anyway.
+            self.circuit.check(trial)
         url = self._base_url + EVENTS_PATH.format(ticket_id=ticket_id)
         headers = {"Authorization": f"Bearer {self._token.value()}"}
         label = "other"

@@ -174,8 +174,12 @@ async def backfill(
 
             async def one(ticket_id: int) -> PollResult:
                 async with semaphore:
-                    store.touch(ticket_id)
-                    return await poller.poll_ticket(ticket_id, settle_seconds=0)
+                    result = await poller.poll_ticket(ticket_id, settle_seconds=0)
+                    if result.error is None:
+                        # Handed to the replicas' pollers only once Apizee listed it: a
+                        # mistyped id (404) would otherwise be polled until the idle TTL.
+                        store.touch(ticket_id)
+                    return result
 
             results = await asyncio.gather(*(one(t) for t in ticket_ids))
         await sync.flush()

@@ -203,11 +203,16 @@ class Poller:
                 task.add_done_callback(tasks.discard)
             lag = max(0.0, now - self._heap[0][0]) if self._heap else 0.0
             metrics.POLL_LAG_SECONDS.set(lag)
-            metrics.ACTIVE_TICKETS.set(len(self._due) + len(self._running))
+            # A ticket due again while its poll runs is in both: count it once.
+            running_only = sum(1 for t in self._running if t not in self._due)
+            metrics.ACTIVE_TICKETS.set(len(self._due) + running_only)
             timeout = max(0.0, self._heap[0][0] - self._clock()) if self._heap else 1.0
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns when the event
+            # is set as stop() cancels, swallowing the cancellation (stop() then hangs).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(timeout, 1.0))
+                async with asyncio.timeout(min(timeout, 1.0)):
+                    await self._wake.wait()
 
     async def _poll_scheduled(self, ticket_id: int, semaphore: asyncio.Semaphore) -> None:
         try:
@@ -323,7 +328,10 @@ class Poller:
             await self._reject(ticket_id, item.model_dump_json().encode(), exc, result)
             return
         if not await self._dedupe.claim(event.event_id):
-            result.present += 1  # a webhook delivered it meanwhile
+            # Published by this process meanwhile (the dedupe window holds only published
+            # ids): make sure the state knows it too, or every later poll finds it again.
+            self._store.record(ticket_id, event.event_id, event.event_type, event.occurred_at_ms)
+            result.present += 1
             return
         published = False
         publishing = asyncio.ensure_future(self._publisher.publish(event))

@@ -262,16 +262,23 @@ class StateStore:
         self._owned |= parts
         self._notify()
 
-    def revoke(self, partitions: Iterable[int]) -> None:
+    def revoke(self, partitions: Iterable[int]) -> list[TicketState]:
+        """Drop the tickets of `partitions`; return those with unwritten changes, which the
+        caller still has to write (ids the ingress recorded while on_revoked flushed)."""
         lost = set(partitions)
         self._owned -= lost
         self._restoring -= lost
+        unwritten: list[TicketState] = []
         if self._partitions:
             for ticket_id in [
                 t for t in self.tickets if partition_for(t, self._partitions) in lost
             ]:
-                del self.tickets[ticket_id]
+                state = self.tickets.pop(ticket_id)
+                if ticket_id in self._dirty:
+                    self._dirty.discard(ticket_id)
+                    unwritten.append(state)
         self._notify()
+        return unwritten
 
     @property
     def owned_partitions(self) -> frozenset[int]:
@@ -379,6 +386,9 @@ class StateSync:
             except Exception as exc:  # keep the loop alive: Kafka may be down for a while
                 metrics.STATE_ERRORS.labels(kind="write").inc()
                 log.warning("state_flush_failed", error=type(exc).__name__)
+            finally:
+                # The store grows with every new ticket, not only at restore.
+                metrics.STATE_TICKETS.set(len(self.store))
 
     async def on_revoked(self, partitions: set[int]) -> None:
         if partitions:
@@ -386,7 +396,10 @@ class StateSync:
             with contextlib.suppress(Exception):
                 await self.flush()
             log.info("state_partitions_revoked", partitions=sorted(partitions))
-        self.store.revoke(partitions)
+        # Recorded while that flush ran: written now, or the next owner never learns them.
+        for state in self.store.revoke(partitions):
+            with contextlib.suppress(Exception):
+                await self._send(self.topic, str(state.ticket_id).encode(), state.encode())
 
     async def on_assigned(self, partitions: set[int]) -> None:
         consumer = self._consumer
