@@ -20,6 +20,7 @@ from typing import Final, Protocol
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from bridge import metrics
 from bridge.auth import Authenticator, AuthError
@@ -86,6 +87,9 @@ class Ingress:
 
 
 INGRESS: Final = web.AppKey("ingress", Ingress)
+# Per request: its id, and the outcome when the handler answers without raising.
+REQUEST_ID: Final = web.RequestKey("request_id", str)
+REASON: Final = web.RequestKey("reason", str)
 
 
 def _json(
@@ -161,12 +165,12 @@ async def observe(
     """Request id, in-flight gauge, outcome metrics and the error mapping around `handler`."""
     ingress = request.app[INGRESS]
     request_id = _request_id(request)
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     started = time.perf_counter()
     ingress.in_flight += 1
     try:
         response = await handler(request)
-        reason: str = request.get("reason", "accepted")
+        reason: str = request.get(REASON, "accepted")
     except web.HTTPException:
         # Routing errors (404, 405) from aiohttp itself: answered as they are, not counted.
         raise
@@ -201,6 +205,9 @@ async def receive_webhook(request: web.Request) -> web.Response:
     settings = ingress.settings.ingress
     if request.content_type != _JSON:
         raise UnsupportedMediaTypeError
+    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        # Apizee does not compress; decoding before authentication would be a bomb anyway.
+        raise UnsupportedMediaTypeError
     length = request.content_length
     if length is not None and length > settings.max_body_bytes:
         raise BodyTooLargeError
@@ -232,7 +239,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
             kind=exc.kind,
             reason=exc.reason,
             headers={
-                "request-id": request["request_id"],
+                "request-id": request[REQUEST_ID],
                 "received-at": str(received_at_ms),
                 "source": "WEBHOOK",
             },
@@ -243,7 +250,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     if (tracker is not None and tracker.seen(event.ticket_id, event.event_id)) or not (
         await ingress.dedupe.claim(event.event_id)
     ):
-        request["reason"] = "duplicate"
+        request[REASON] = "duplicate"
         _DUPLICATES_BY("WEBHOOK").inc()
         return _json(200, {"status": "duplicate", "eventId": event.event_id})
     published = False
@@ -252,12 +259,12 @@ async def receive_webhook(request: web.Request) -> web.Response:
         published = True
     except CodecError as exc:
         # A defect of ours, not of the sender: keep the bytes, answer 500.
-        log.error("encode_failed", request_id=request["request_id"], error=str(exc))
+        log.error("encode_failed", request_id=request[REQUEST_ID], error=str(exc))
         await ingress.publisher.publish_dlq(
             body,
             kind="encode_error",
             reason=str(exc),
-            headers={"request-id": request["request_id"], "received-at": str(received_at_ms)},
+            headers={"request-id": request[REQUEST_ID], "received-at": str(received_at_ms)},
         )
         raise
     finally:
@@ -266,7 +273,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
         tracker.published(event)
 
     if event.spec is None:
-        request["reason"] = "unknown_event_type"
+        request[REASON] = "unknown_event_type"
         return _json(202, {"status": "unknown_event_type", "eventId": event.event_id})
     return _json(200, {"status": "accepted", "eventId": event.event_id})
 
@@ -339,3 +346,21 @@ def build_admin_app(ingress: Ingress) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One structured line per request: path without the query (it may hold the token)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        log.info(
+            "http_request",
+            method=request.method,
+            path=request.path,
+            status=response.status,
+            seconds=round(time, 6),
+            request_id=response.headers.get(REQUEST_ID_HEADER),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return True

@@ -726,14 +726,6 @@ async def test_fuzzed_requests_are_each_classified_and_what_kafka_holds_matches(
 # -- compressed bodies -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: aiohttp decompresses request bodies before the handler: Content-Encoding gzip"
-        " with bytes that are not gzip answers 500, deflate drops the connection, br/zstd get"
-        " aiohttp's plain-text 400 (before authentication, not on the DLQ)"
-    ),
-)
 async def test_bodies_with_a_content_encoding_are_refused_without_5xx(
     kafka_bootstrap: str, topic_prefix: str
 ) -> None:

@@ -363,15 +363,6 @@ async def test_auth_guards_the_one_public_route_and_admin_is_not_public(
     assert accepted[0] == 200, accepted
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: BRIDGE_INGRESS_ACCESS_LOG=true hands aiohttp a structlog logger as its access"
-        " logger; aiohttp calls isEnabledFor() on it when each connection is made, which"
-        " raises AttributeError: every connection hangs unanswered. (aiohttp's default access"
-        " format %r would also log the request line, ?token= included.)"
-    ),
-)
 async def test_with_the_access_log_on_requests_are_answered_and_no_secret_is_logged(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:

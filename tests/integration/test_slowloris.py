@@ -224,15 +224,6 @@ async def test_slow_and_idle_clients_do_not_stop_others_and_trickled_bodies_get_
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: the public server has no header timeout: aiohttp's keepalive_timeout (default"
-        " 3630 s, not set by bridge/app.py) is the only timer before the handler runs, so"
-        " connections that trickle their headers or send nothing hold a socket for an hour;"
-        " request_timeout_seconds only bounds the body"
-    ),
-)
 async def test_trickled_headers_and_silent_connections_are_closed_within_the_timeout(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:

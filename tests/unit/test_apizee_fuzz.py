@@ -149,15 +149,6 @@ def test_generated_bodies_are_split_without_raising_and_nothing_is_lost(body: Bo
     _check_split(body, valid, invalid)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason=(
-        "BUG: parse_events_body re-serialises an invalid item with orjson.dumps, whose depth"
-        " limit (254) is below orjson.loads' (1024): an item nested 255..1024 deep raises"
-        " TypeError('Recursion limit reached') out of fetch_events instead of going to the DLQ"
-    ),
-)
 @pytest.mark.parametrize("depth", [255, 300, 1000])
 def test_deeply_nested_item_is_an_invalid_item_not_an_exception(depth: int) -> None:
     raw = b"[" + _nested_text(depth) + b',{"not":"valid"}]'
@@ -170,14 +161,6 @@ def test_deeply_nested_item_is_an_invalid_item_not_an_exception(depth: int) -> N
         assert invalid[0].raw == raw
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: orjson.loads reads integers beyond 64 bits as floats: an unknown attribute"
-        " 2**70 of a valid REST item reaches Kafka's `extra` as 1.1805916207174113e+21 (the"
-        " webhook path keeps it exact)"
-    ),
-)
 def test_integer_beyond_64_bits_in_item_data_is_kept_exactly() -> None:
     item = {
         "id": 7,
