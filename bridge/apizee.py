@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 import aiohttp
-import orjson
+import pydantic_core
 import structlog
 from pydantic import SecretStr
 from tenacity import (
@@ -99,9 +99,11 @@ def parse_events_body(body: bytes) -> tuple[list[RestEvent], list[InvalidItem]]:
     a list, or an item of the wrong shape, is `invalid_envelope`.
     """
     try:
-        parsed: Any = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        # orjson's message gives the position, not the content.
+        # The webhook's parser (jiter): integers beyond 64 bits stay exact (orjson makes
+        # them floats), NaN is refused, nesting is bounded below what to_json can write.
+        parsed: Any = pydantic_core.from_json(body, allow_inf_nan=False)
+    except ValueError as exc:
+        # The parser's message gives the position, not the content.
         error = InvalidEventError("invalid_json", [Problem("body", f"not JSON: {exc}")])
         return [], [InvalidItem(body, error)]
     if not isinstance(parsed, list):
@@ -114,7 +116,7 @@ def parse_events_body(body: bytes) -> tuple[list[RestEvent], list[InvalidItem]]:
         try:
             valid.append(parse_rest_item(item))
         except InvalidEventError as exc:
-            invalid.append(InvalidItem(orjson.dumps(item), exc, index))
+            invalid.append(InvalidItem(pydantic_core.to_json(item), exc, index))
     return valid, invalid
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -25,7 +26,7 @@ from bridge.auth import Authenticator
 from bridge.codec import Codec
 from bridge.config import BridgeSettings
 from bridge.dedupe import RecentIds
-from bridge.ingress import Ingress, build_admin_app, build_public_app
+from bridge.ingress import AccessLogger, Ingress, build_admin_app, build_public_app
 from bridge.logs import configure_logging
 from bridge.models import CanonicalEvent
 from bridge.poller import Poller, PollResult
@@ -222,8 +223,15 @@ async def serve(
         public = web.AppRunner(
             build_public_app(ingress),
             handle_signals=False,
-            access_log=log if ingress_settings.access_log else None,
+            access_log=logging.getLogger("bridge.access") if ingress_settings.access_log else None,
+            access_log_class=AccessLogger,
             shutdown_timeout=ingress_settings.shutdown_grace_seconds,
+            # Until a request's headers are complete, aiohttp's only timer is the keep-alive
+            # timeout (default 3630 s, armed on connect, not reset by incoming bytes): it is
+            # what bounds slow headers and silent connections (slowloris).
+            keepalive_timeout=ingress_settings.request_timeout_seconds,
+            # Bodies are read as sent; the handler refuses any Content-Encoding with 415.
+            auto_decompress=False,
         )
         admin = web.AppRunner(build_admin_app(ingress), handle_signals=False, access_log=None)
         await public.setup()
