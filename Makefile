@@ -64,6 +64,7 @@ run: install
 # bench/ingress.py installs wrk (apt-get, as root) when it is missing; about 1.5 minutes.
 bench: install
 	$(BIN)/python bench/codec.py
+	$(BIN)/python bench/state.py
 	$(BIN)/python bench/ingress.py
 
 clean:
