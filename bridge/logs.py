@@ -4,10 +4,29 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal, TextIO, cast
 
 import orjson
 import structlog
+
+
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at write time (text, or its buffer for bytes).
+
+    Loggers are cached on first use; bound to the stream object of that moment, they would
+    keep writing to it after it was replaced (and closed), as test runners' captures are.
+    """
+
+    def __init__(self, binary: bool) -> None:
+        self._binary = binary
+
+    def write(self, data: Any) -> int:
+        stream: Any = sys.stderr.buffer if self._binary else sys.stderr
+        written: int = stream.write(data)
+        return written
+
+    def flush(self) -> None:
+        (sys.stderr.buffer if self._binary else sys.stderr).flush()
 
 
 def configure_logging(level: str, fmt: Literal["json", "console"]) -> None:
@@ -26,10 +45,10 @@ def configure_logging(level: str, fmt: Literal["json", "console"]) -> None:
             serializer=orjson.dumps
         )
         stdlib_renderer = structlog.processors.JSONRenderer()
-        factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
+        factory = structlog.BytesLoggerFactory(cast(BinaryIO, _CurrentStderr(binary=True)))
     else:
         renderer = stdlib_renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        factory = structlog.PrintLoggerFactory(sys.stderr)
+        factory = structlog.PrintLoggerFactory(cast(TextIO, _CurrentStderr(binary=False)))
     structlog.configure(
         processors=[*shared, renderer],
         # Filtering bound loggers drop below-level calls at almost no cost on the hot path.
@@ -37,7 +56,7 @@ def configure_logging(level: str, fmt: Literal["json", "console"]) -> None:
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(cast(TextIO, _CurrentStderr(binary=False)))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],

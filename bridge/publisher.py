@@ -328,8 +328,11 @@ class Publisher:
         while True:
             await self._check_health()
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for may swallow stop()'s
+            # cancellation when the event is set at the same moment.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._health_interval)
+                async with asyncio.timeout(self._health_interval):
+                    await self._wake.wait()
 
     async def _check_health(self) -> None:
         assert self._producer is not None

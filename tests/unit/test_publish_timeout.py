@@ -19,6 +19,9 @@ from bridge.errors import KafkaUnavailableError, PublishTimeoutError
 from bridge.publisher import Publisher
 
 TIMEOUT = 0.3
+# A timeout fires at its deadline plus the sweep interval; the slack is for a loaded machine
+# (the point is "about the configured timeout, and not a hang", not a speed measurement).
+SLACK = 3.0
 
 
 class FakeProducer:
@@ -83,7 +86,7 @@ async def test_an_ack_that_does_not_come_in_time_is_a_timeout_and_the_record_is_
         await _send(publisher)
 
     took = time.monotonic() - started
-    assert TIMEOUT <= took < TIMEOUT + 0.5
+    assert TIMEOUT <= took < TIMEOUT + SLACK
     assert _errors("timeout") == before + 1
     # Abandoned, not cancelled: the record may still land; a late outcome is harmless.
     (ack,) = producer.acks
@@ -100,7 +103,7 @@ async def test_a_stuck_send_times_out_too() -> None:
     with pytest.raises(PublishTimeoutError):
         await _send(publisher)
 
-    assert TIMEOUT <= time.monotonic() - started < TIMEOUT + 0.5
+    assert TIMEOUT <= time.monotonic() - started < TIMEOUT + SLACK
     await _close(publisher)
 
 
