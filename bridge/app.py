@@ -69,12 +69,14 @@ def polling_enabled(settings: BridgeSettings) -> bool:
     return settings.poller.enabled and settings.apizee.base_url is not None
 
 
-@contextlib.asynccontextmanager
-async def tracking(
-    settings: BridgeSettings, publisher: Publisher, dedupe: RecentIds
-) -> AsyncIterator[Tracking]:
-    """Ticket state (restored from and written to the state topic) and the poller."""
-    client = ApizeeClient(settings.apizee)
+def _state(
+    settings: BridgeSettings, publisher: Publisher, *, in_group: bool
+) -> tuple[StateStore, StateSync]:
+    """The ticket state and its sync with the state topic, written through `publisher`.
+
+    In the group (a serving replica) the sync joins only once the publisher created the
+    topic; out of it (backfill) the caller restores every partition itself.
+    """
     store = StateStore(settings.poller.max_ids_per_ticket)
     sync = StateSync(
         store,
@@ -82,8 +84,18 @@ async def tracking(
         settings.poller,
         publisher.publish_state,
         connection_kwargs(settings.kafka),
-        topic_ready=publisher.wait_ready,
+        topic_ready=publisher.wait_ready if in_group else None,
     )
+    return store, sync
+
+
+@contextlib.asynccontextmanager
+async def tracking(
+    settings: BridgeSettings, publisher: Publisher, dedupe: RecentIds
+) -> AsyncIterator[Tracking]:
+    """Ticket state (restored from and written to the state topic) and the poller."""
+    client = ApizeeClient(settings.apizee)
+    store, sync = _state(settings, publisher, in_group=True)
     poller = Poller(settings.poller, client, publisher, store, dedupe)
     store.on_owned_change = poller.reschedule_owned
     store.on_owned_record = poller.track
@@ -160,14 +172,7 @@ async def backfill(
             raise BackfillError(
                 f"Kafka not ready within {ready_timeout:g}s: {publisher.not_ready_reason}"
             ) from None
-        store = StateStore(settings.poller.max_ids_per_ticket)
-        sync = StateSync(
-            store,
-            publisher.topics.state,
-            settings.poller,
-            publisher.publish_state,
-            connection_kwargs(settings.kafka),
-        )
+        store, sync = _state(settings, publisher, in_group=False)
         await sync.restore_all(await publisher.partition_count(publisher.topics.state))
         async with ApizeeClient(settings.apizee) as client:
             poller = Poller(settings.poller, client, publisher, store, dedupe)
