@@ -30,22 +30,13 @@ from bridge.catalog import CATEGORIES, UNKNOWN_CATEGORY
 from bridge.config import BridgeSettings, load_settings
 from bridge.poller import PollResult
 from bridge.publisher import TopicNames
+from tests.integration.bridgeproc import _merge
 from tests.integration.readback import Record
 
 TOKEN: Final = "poller-test-token-0123456789"
 START_TIMEOUT: Final = 30.0
 # Longer than the ingress's shutdown grace (20 s) for in-flight webhooks.
 STOP_TIMEOUT: Final = 25.0
-
-
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def poller_settings(
