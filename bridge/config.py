@@ -355,8 +355,9 @@ class IngressSettings(_Section):
         default=30.0,
         gt=0,
         description=(
-            "Upper bound on handling one webhook, reading the body included, so slow senders"
-            " cannot hold connections. Must exceed kafka.publish_timeout_seconds."
+            "How long a sender may take to deliver a webhook's body (else 408), and how long a"
+            " connection may stay idle or trickle its headers before it is closed, so slow"
+            " senders cannot hold connections. Must exceed kafka.publish_timeout_seconds."
         ),
     )
     access_log: bool = Field(
