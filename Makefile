@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint format test test-unit test-integration ops-tools run bench schemas docs clean
+.PHONY: install lint format test test-unit test-integration ops-tools run bench reliability schemas docs clean
 
 install: $(STAMP)
 
@@ -49,6 +49,11 @@ ops-tools:
 	    (service prometheus stop; systemctl disable prometheus) >/dev/null 2>&1 || true; \
 	  fi; \
 	fi
+
+# The fault scenarios of tests/reliability/scenarios.py at full size (several minutes, its own
+# tansu brokers); prints the table. CI runs them reduced: tests/integration/test_reliability.py.
+reliability: install
+	$(BIN)/python -m tests.reliability.scenarios --size full
 
 # Regenerate schemas/ from the catalog (the test suite proves files and catalog agree).
 schemas: install
