@@ -8,7 +8,9 @@ Kafka once the poller settled. Duplicates are reported, not asserted (at-least-o
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,56 +20,60 @@ from tests.reliability.scenarios import CI, Row
 
 pytestmark = pytest.mark.integration
 
+RecordProperty = Callable[[str, Any], None]
 
-def _check(row: Row) -> None:
+
+def _check(row: Row, record_property: RecordProperty) -> None:
     print("\n" + scenarios.table([row]), flush=True)
+    for name in ("events", "sent", "acked", "in_kafka", "missing", "duplicates", "recover_s"):
+        record_property(name, getattr(row, name))
     assert row.missing == 0, f"{row.missing} missing, e.g. {row.missing_ids}; {row.note}"
     assert row.in_kafka > 0
     assert row.recover_s is not None, "Kafka never held what the fault left to recover"
 
 
 async def test_broker_killed_and_restarted(
-    tansu_broker: TansuBroker, topic_prefix: str, tmp_path: Path
+    tansu_broker: TansuBroker, topic_prefix: str, tmp_path: Path, record_property: RecordProperty
 ) -> None:
     # Always a tansu of its own (it is killed): memory only, so what it acknowledged before
     # the kill is lost by the broker itself. Those ids are excluded and reported; the rest
     # (acked after the restart, REST-listed and never acked before) must all be in Kafka.
     row = await scenarios.broker_restart(tansu_broker, topic_prefix, tmp_path, CI)
-    _check(row)
+    _check(row, record_property)
     assert row.details["lost_with_broker"] < row.events, "the kill came after the whole load"
 
 
 async def test_sigterm_then_a_new_bridge(
-    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, record_property: RecordProperty
 ) -> None:
     row = await scenarios.bridge_signal(kafka_bootstrap, topic_prefix, tmp_path, CI, signal.SIGTERM)
-    _check(row)
+    _check(row, record_property)
     assert row.details["exit"] == 0, row.note
     assert row.details["acked_before"] > 0
     assert row.details["lost_acked"] == 0
 
 
 async def test_sigkill_then_restart_and_the_poller_recovers(
-    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, record_property: RecordProperty
 ) -> None:
     row = await scenarios.bridge_signal(kafka_bootstrap, topic_prefix, tmp_path, CI, signal.SIGKILL)
-    _check(row)
+    _check(row, record_property)
     assert row.details["acked_before"] > 0
     assert row.details["lost_acked"] == 0
     assert row.details["polled"] > 0, "nothing left for the poller: nothing proven"
 
 
 async def test_rest_storm_and_outage_while_webhooks_are_dropped(
-    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, record_property: RecordProperty
 ) -> None:
     row = await scenarios.rest_storm(kafka_bootstrap, topic_prefix, tmp_path, CI)
-    _check(row)
+    _check(row, record_property)
     assert row.acked < row.events, "no webhook dropped: nothing for the poller to fill"
 
 
 async def test_two_replicas_lossy_webhooks_one_replica_killed(
-    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, record_property: RecordProperty
 ) -> None:
     row = await scenarios.replica_killed(kafka_bootstrap, topic_prefix, tmp_path, CI)
-    _check(row)
+    _check(row, record_property)
     assert row.acked < row.events

@@ -509,18 +509,10 @@ def table(rows: Iterable[Row]) -> str:
     notes = []
     for row in rows:
         recover = "-" if row.recover_s is None else f"{row.recover_s:.1f}"
-        cells.append(
-            (
-                row.scenario,
-                str(row.events),
-                str(row.sent),
-                str(row.acked),
-                str(row.in_kafka),
-                str(row.missing),
-                str(row.duplicates),
-                recover,
-            )
-        )
+        counts = (row.events, row.sent, row.acked, row.in_kafka, row.missing, row.duplicates)
+        # A row without events is one not run here (its note says why).
+        shown = [str(n) if row.events else "-" for n in counts]
+        cells.append((row.scenario, *shown, recover))
         if row.note:
             notes.append(f"  {row.scenario}: {row.note}")
     widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
