@@ -152,7 +152,7 @@ class Harness:
 
     async def start(self, port: int, *, ready: bool = True, **extra: str) -> Bridge:
         env = _env(self.bootstrap, self.prefix, self.rest_port, port, **extra)
-        log = self.logs / f"bridge-{len(self.bridges)}.log"
+        log = self.logs / f"{self.prefix}.bridge-{len(self.bridges)}.log"
         process = await BridgeProcess.start(["run"], env, log)
         assert self.session is not None
         try:
