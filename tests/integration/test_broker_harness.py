@@ -1,4 +1,5 @@
-"""The harness itself: the broker answers, the readback sees what was written, a restart heals."""
+"""The harness itself: the broker answers, the readback sees what was written, a restart heals,
+a durable broker keeps its records across a kill."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 
-from bridge.devbroker import DevBrokerError, TansuBroker, create_topics, free_port
+from bridge.devbroker import DevBrokerError, S3Store, TansuBroker, create_topics, free_port
 from tests.integration.readback import consume, consume_async
 
 pytestmark = pytest.mark.integration
@@ -136,6 +138,62 @@ async def test_send_during_outage_completes_after_restart(
     # Only the ack is checked: on tansu it lands in the lost topic (see the test above).
     print(f"\nsend issued during the outage acked {recovery:.3f}s after restart() began")
     assert recovery < 10
+
+
+async def test_durable_broker_keeps_records_and_offsets_across_kill_and_restart(
+    durable_tansu_broker: TansuBroker, topic_prefix: str
+) -> None:
+    broker = durable_tansu_broker
+    topic, group = f"{topic_prefix}.durable", f"{topic_prefix}.group"
+    address = broker.bootstrap_servers
+    await create_topics(address, [topic], partitions=3)
+    count = 50
+    producer = _producer(address)
+    await producer.start()
+    try:
+        acked = await asyncio.gather(
+            *[await producer.send(topic, str(i).encode(), key=str(i).encode()) for i in range(20)]
+        )
+        assert len(acked) == 20
+        for i in range(20, count):
+            await producer.send_and_wait(topic, str(i).encode(), key=str(i).encode())
+        # A committed group offset is state of the broker too (the poller relies on it).
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=address, group_id=group, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            consumer.assign([TopicPartition(topic, 0)])
+            await consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(7, "")})
+        finally:
+            await consumer.stop()
+        pid = broker.pid
+        broker.kill()
+        broker.restart()
+        assert broker.pid != pid
+        assert broker.bootstrap_servers == address
+        # No topic re-created: it survived, and the started producer writes to it again.
+        async with asyncio.timeout(30):
+            await producer.send_and_wait(topic, str(count).encode(), key=b"after")
+    finally:
+        await producer.stop()
+
+    records = await consume_async(address, [topic], min_count=count + 1, timeout=20)
+    assert sorted(int(r.value or b"-1") for r in records) == list(range(count + 1))
+    consumer = AIOKafkaConsumer(bootstrap_servers=address, group_id=group)
+    await consumer.start()
+    try:
+        assert await consumer.committed(TopicPartition(topic, 0)) == 7
+    finally:
+        await consumer.stop()
+
+
+def test_durable_broker_needs_a_running_store(tmp_path: Path) -> None:
+    store = S3Store(log_path=tmp_path / "moto.log")
+    broker = TansuBroker(log_path=tmp_path / "tansu.log", storage=store)
+    with pytest.raises(DevBrokerError, match="storage is not running"):
+        broker.start()
+    assert not broker.is_running
 
 
 def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
