@@ -159,7 +159,90 @@ def _temp_log(prefix: str) -> Path:
     return Path(name)
 
 
-class S3Store:
+class _LocalServer:
+    """A server process of ours on a loopback port: its log file, lifecycle and context use."""
+
+    _name = "server"
+
+    def __init__(
+        self,
+        port: int | None,
+        *,
+        host: str,
+        log_path: str | os.PathLike[str] | None,
+        log_prefix: str,
+        start_timeout: float,
+        stop_timeout: float,
+    ) -> None:
+        self.host = host
+        self._port = port
+        self.log_path = Path(log_path) if log_path is not None else _temp_log(log_prefix)
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise DevBrokerError(f"the {self._name} has no port until it is started")
+        return self._port
+
+    @property
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if the process has not exited within `stop_timeout`."""
+        _stop_process(self._process, self.stop_timeout)
+        self._release()
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        return _log_tail(self.log_path, lines)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _launch(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        """Spawn `argv` in a session of its own, its output appended to the log."""
+        # Appending keeps the log of earlier runs, so a restart test can show both.
+        self._log = self.log_path.open("ab")
+        self._log.write(f"--- devbroker: starting {' '.join(argv)}\n".encode())
+        self._log.flush()
+        try:
+            self._process = subprocess.Popen(  # noqa: S603 - argv built here, no shell
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                # Own session: a Ctrl-C in `make run` reaches the bridge, which then stops
+                # the broker after its last flush instead of losing it mid-shutdown.
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._release()
+            raise DevBrokerError(f"cannot run {argv[0]!r}: {exc}") from exc
+
+    def _release(self) -> None:
+        self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class S3Store(_LocalServer):
     """Durable storage for `TansuBroker`: a moto S3 server process with one bucket.
 
     The records live in the moto process, so they survive any number of broker kills and
@@ -170,6 +253,7 @@ class S3Store:
 
     bucket = "tansu"
     region = "eu-west-2"
+    _name = "S3 store"
 
     def __init__(
         self,
@@ -180,19 +264,14 @@ class S3Store:
         start_timeout: float = 30.0,
         stop_timeout: float = 5.0,
     ) -> None:
-        self.host = host
-        self._port = port
-        self.log_path = Path(log_path) if log_path is not None else _temp_log("moto-")
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise DevBrokerError("the S3 store has no port until it is started")
-        return self._port
+        super().__init__(
+            port,
+            host=host,
+            log_path=log_path,
+            log_prefix="moto-",
+            start_timeout=start_timeout,
+            stop_timeout=stop_timeout,
+        )
 
     @property
     def endpoint(self) -> str:
@@ -202,10 +281,6 @@ class S3Store:
     def storage_engine(self) -> str:
         """Tansu's `--storage-engine` for this store."""
         return f"s3://{self.bucket}/"
-
-    @property
-    def is_running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     def env(self) -> dict[str, str]:
         """The environment tansu's S3 client reads (endpoint, dummy keys, plain HTTP)."""
@@ -230,45 +305,13 @@ class S3Store:
         if self._port is None:
             self._port = free_port(self.host)
         argv = [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
-        self._log = self.log_path.open("ab")
-        self._log.write(f"--- devbroker: starting {' '.join(argv)}\n".encode())
-        self._log.flush()
-        try:
-            self._process = subprocess.Popen(  # noqa: S603 - argv built here, no shell
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            self._release()
-            raise DevBrokerError(f"cannot run moto's server: {exc}") from exc
+        self._launch(argv)
         try:
             self._create_bucket()
         except BaseException:
             self.stop()
             raise
         return self
-
-    def stop(self) -> None:
-        """End the moto process; what it stored is gone."""
-        _stop_process(self._process, self.stop_timeout)
-        self._release()
-
-    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        return _log_tail(self.log_path, lines)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
@@ -309,12 +352,6 @@ class S3Store:
             f"{self.start_timeout}s ({last_error!r}); log {self.log_path}:\n{self.log_tail()}"
         )
 
-    def _release(self) -> None:
-        self._process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
 
 def _log_tail(path: Path, lines: int) -> str:
     try:
@@ -325,7 +362,7 @@ def _log_tail(path: Path, lines: int) -> str:
     return b"".join(tail).decode(errors="replace")
 
 
-class TansuBroker:
+class TansuBroker(_LocalServer):
     """One tansu process on a loopback port; `restart()` keeps the port so clients reconnect.
 
     Memory storage by default: a restart loses every topic and record, as a crash would.
@@ -333,6 +370,8 @@ class TansuBroker:
     records and committed offsets survive a kill and restart. Tansu supports neither
     idempotent producers nor transactions.
     """
+
+    _name = "broker"
 
     def __init__(
         self,
@@ -345,21 +384,16 @@ class TansuBroker:
         stop_timeout: float = 5.0,
         storage: S3Store | None = None,
     ) -> None:
-        self.host = host
-        self._port = port
+        super().__init__(
+            port,
+            host=host,
+            log_path=log_path,
+            log_prefix="tansu-",
+            start_timeout=start_timeout,
+            stop_timeout=stop_timeout,
+        )
         self._binary = os.fspath(binary) if binary is not None else None
-        self.log_path = Path(log_path) if log_path is not None else _temp_log("tansu-")
         self.storage = storage
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise DevBrokerError("the broker has no port until it is started")
-        return self._port
 
     @property
     def bootstrap_servers(self) -> str:
@@ -368,10 +402,6 @@ class TansuBroker:
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
-
-    @property
-    def is_running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     def start(self) -> Self:
         """Spawn the broker and return once it answers a Metadata request."""
@@ -401,8 +431,7 @@ class TansuBroker:
 
         The storage, if any, is left running: it belongs to the caller.
         """
-        _stop_process(self._process, self.stop_timeout)
-        self._release()
+        super().stop()
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: no shutdown, connections reset, data gone unless
@@ -417,20 +446,6 @@ class TansuBroker:
         """Stop if running, then start again on the same port (empty storage unless durable)."""
         self.stop()
         return self.start()
-
-    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        return _log_tail(self.log_path, lines)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
@@ -460,24 +475,7 @@ class TansuBroker:
             "--storage-engine",
             engine,
         ]
-        # Appending keeps the log of earlier runs, so a restart test can show both.
-        self._log = self.log_path.open("ab")
-        self._log.write(f"--- devbroker: starting {' '.join(argv)}\n".encode())
-        self._log.flush()
-        try:
-            self._process = subprocess.Popen(  # noqa: S603 - argv built here, no shell
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                # Own session: a Ctrl-C in `make run` reaches the bridge, which then stops
-                # the broker after its last flush instead of losing it mid-shutdown.
-                start_new_session=True,
-            )
-        except OSError as exc:
-            self._release()
-            raise DevBrokerError(f"cannot run tansu binary {binary!r}: {exc}") from exc
+        self._launch(argv, env)
         try:
             self._wait_ready()
         except BaseException:
@@ -508,12 +506,6 @@ class TansuBroker:
             f"tansu on {self.bootstrap_servers} did not answer metadata within "
             f"{self.start_timeout}s ({last_error!r}); log {self.log_path}:\n{self.log_tail()}"
         )
-
-    def _release(self) -> None:
-        self._process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 async def create_topics(
