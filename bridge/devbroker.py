@@ -235,6 +235,16 @@ class _LocalServer:
             self._release()
             raise DevBrokerError(f"cannot run {argv[0]!r}: {exc}") from exc
 
+    def _raise_if_exited(self, what: str) -> None:
+        """While waiting for readiness: fail at once, with its log, if the process died."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            code = None if process is None else process.returncode
+            raise _ExitedEarlyError(
+                f"{what} exited early (code {code}) on {self.host}:{self._port}; "
+                f"log {self.log_path}:\n{self.log_tail()}"
+            )
+
     def _release(self) -> None:
         self._process = None
         if self._log is not None:
@@ -328,13 +338,7 @@ class S3Store(_LocalServer):
         deadline = time.monotonic() + self.start_timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:
-            process = self._process
-            if process is None or process.poll() is not None:
-                code = None if process is None else process.returncode
-                raise DevBrokerError(
-                    f"moto's server exited early (code {code}) on {self.endpoint}; "
-                    f"log {self.log_path}:\n{self.log_tail()}"
-                )
+            self._raise_if_exited("moto's server")
             request = urllib.request.Request(url, data=body, method="PUT")  # noqa: S310
             try:
                 with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
@@ -486,13 +490,7 @@ class TansuBroker(_LocalServer):
         deadline = time.monotonic() + self.start_timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:
-            process = self._process
-            if process is None or process.poll() is not None:
-                code = None if process is None else process.returncode
-                raise _ExitedEarlyError(
-                    f"tansu exited early (code {code}) on {self.bootstrap_servers}; "
-                    f"log {self.log_path}:\n{self.log_tail()}"
-                )
+            self._raise_if_exited("tansu")
             try:
                 brokers = probe_metadata(self.host, self.port)
             except (OSError, struct.error, DevBrokerError) as exc:
