@@ -64,7 +64,7 @@ ops-tools:
 # The fault scenarios of tests/reliability/scenarios.py at full size (several minutes, its own
 # tansu brokers); prints the table. CI runs them reduced: tests/integration/test_reliability.py.
 reliability: install
-	$(BIN)/python -m tests.reliability.scenarios --size full
+	$(BIN)/python -m tests.reliability.run --size full
 
 # Regenerate schemas/ from the catalog (the test suite proves files and catalog agree).
 schemas: install

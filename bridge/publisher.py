@@ -184,6 +184,12 @@ class Publisher:
         self._in_flight = 0
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()
+        # Since when every publish failed (none acknowledged in between), and how the last
+        # one failed: a cluster below min.insync.replicas still answers metadata, so only
+        # the publishes themselves show it (readiness reports it, publishing goes on).
+        self._failing_since: float | None = None
+        self._last_failure_at = 0.0
+        self._last_failure = ""
 
     def _build_routes(self) -> dict[str, _Route]:
         routes = {}
@@ -231,7 +237,46 @@ class Publisher:
 
     @property
     def not_ready_reason(self) -> str | None:
-        return None if self._healthy else self._not_ready_reason
+        # Both when both hold: a broker answers metadata on the connection that carries the
+        # produce requests, one request at a time, so produce requests waiting for replicas
+        # that never come make the metadata check time out too; the stall says why.
+        reasons = [] if self._healthy else [self._not_ready_reason]
+        if (stalled := self.stalled_reason) is not None:
+            reasons.append(stalled)
+        return "; ".join(reasons) or None
+
+    @property
+    def stalled_reason(self) -> str | None:
+        """Why readiness fails while Kafka is connected but acknowledges no publish: set once
+        publishes have failed for a publish timeout with no acknowledgement in between.
+
+        Half-open, like a circuit breaker: once metadata answers and no publish has failed
+        for two timeouts, the bridge says ready again, so that traffic (which a load balancer sends only to ready
+        pods) can find out whether Kafka is back; the next failure says not ready again.
+        """
+        since = self._failing_since
+        now = time.monotonic()
+        if since is None:
+            return None
+        stalled = now - since
+        # Unhealthy, publishes are refused without trying: no failure comes to renew it, and
+        # the stall stays the likeliest cause until metadata answers again.
+        if self._healthy and (
+            stalled < self._timeout or now - self._last_failure_at > 2 * self._timeout
+        ):
+            return None
+        return (
+            f"Kafka acknowledged no publish for {stalled:.0f}s (last: {self._last_failure});"
+            " partitions below min.insync.replicas, or their leaders unreachable"
+        )
+
+    def _failed(self, failure: str) -> None:
+        now = time.monotonic()
+        if self._failing_since is None or now - self._last_failure_at > 2 * self._timeout:
+            self._failing_since = now
+        self._last_failure_at = now
+        self._last_failure = failure
+        self._wake.set()
 
     async def wait_ready(self) -> None:
         """Until connected with every required topic present."""
@@ -470,12 +515,20 @@ class Publisher:
                 deadline.task = None
         except TimeoutError:
             metrics.PUBLISH_ERRORS.labels(kind="timeout").inc()
-            self._wake.set()
+            self._failed(f"no acknowledgement within {self._timeout:g}s")
             raise PublishTimeoutError(f"no acknowledgement within {self._timeout}s") from None
         except KafkaError as exc:
-            metrics.PUBLISH_ERRORS.labels(kind=_error_kind(exc)).inc()
-            self._wake.set()
+            kind = _error_kind(exc)
+            metrics.PUBLISH_ERRORS.labels(kind=kind).inc()
+            if kind == "rejected":
+                # One topic refusing (no Write ACL, record too large) says nothing of the
+                # cluster: the webhook gets its 503, readiness stays as it is.
+                log.warning("publish_rejected", topic=topic, error=type(exc).__name__)
+                self._wake.set()
+            else:
+                self._failed(type(exc).__name__)
             raise KafkaUnavailableError(type(exc).__name__) from exc
         finally:
             self._in_flight -= 1
+        self._failing_since = None
         self._duration_by(topic_kind).observe(time.perf_counter() - started)
