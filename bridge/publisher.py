@@ -251,8 +251,9 @@ class Publisher:
         publishes have failed for a publish timeout with no acknowledgement in between.
 
         Half-open, like a circuit breaker: once metadata answers and no publish has failed
-        for two timeouts, the bridge says ready again, so that traffic (which a load balancer sends only to ready
-        pods) can find out whether Kafka is back; the next failure says not ready again.
+        for two timeouts, the bridge says ready again, so that traffic (which a load balancer
+        sends only to ready pods) can find out whether Kafka is back; the next failure says
+        not ready again.
         """
         since = self._failing_since
         now = time.monotonic()
