@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -19,7 +20,8 @@ from typing import Any, Final
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaError, SaslAuthenticationFailed, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 
 from bridge import metrics
@@ -133,6 +135,54 @@ def connection_kwargs(settings: KafkaSettings) -> dict[str, Any]:
             settings.sasl_password.get_secret_value() if settings.sasl_password else None
         )
     return kwargs
+
+
+async def diagnose_connection(settings: KafkaSettings) -> str | None:
+    """Why the bridge cannot connect, in words an operator can act on, or None.
+
+    aiokafka reports any bootstrap failure as KafkaConnectionError("Unable to bootstrap");
+    one connection of our own to each bootstrap server, with the same security settings,
+    shows the real cause: a refused SASL login (and its mechanism) or the TLS certificate
+    problem. Broker messages and certificate errors hold no secret.
+    """
+    kwargs = connection_kwargs(settings)
+    for address in settings.bootstrap_servers.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            conn = await create_conn(
+                host,
+                int(port),
+                client_id=kwargs["client_id"],
+                request_timeout_ms=kwargs["request_timeout_ms"],
+                ssl_context=kwargs.get("ssl_context"),
+                security_protocol=kwargs["security_protocol"],
+                sasl_mechanism=kwargs.get("sasl_mechanism"),
+                sasl_plain_username=kwargs.get("sasl_plain_username"),
+                sasl_plain_password=kwargs.get("sasl_plain_password"),
+            )
+        except ssl.SSLCertVerificationError as exc:
+            return f"TLS certificate verify failed at {address}: {exc.verify_message}"
+        except ssl.SSLError as exc:
+            return f"TLS handshake with {address} failed: {exc.reason or exc}"
+        except (SaslAuthenticationFailed, KeyError, ValueError) as exc:
+            # The broker's words ("Invalid username or password"); SCRAM's client raises
+            # KeyError/ValueError on an error in the server's final message.
+            detail = exc.args[0] if isinstance(exc, SaslAuthenticationFailed) and exc.args else ""
+            return (
+                f"SASL {settings.sasl_mechanism} authentication failed for user"
+                f" {settings.sasl_username!r} at {address}{f': {detail}' if detail else ''}"
+            )
+        except (OSError, TimeoutError) as exc:
+            return (
+                f"{address} unreachable: {exc.strerror or type(exc).__name__}"
+                if isinstance(exc, OSError)
+                else f"{address}: no answer within {kwargs['request_timeout_ms']} ms"
+            )
+        except KafkaError as exc:
+            return f"{address}: {type(exc).__name__}"
+        else:
+            conn.close()
+    return None
 
 
 def _error_kind(exc: BaseException) -> str:
@@ -362,12 +412,17 @@ class Publisher:
     async def _supervise(self) -> None:
         """Connect with backoff, then check health forever; reconnect topics when they vanish."""
         backoff = 0.5
+        logged = ""
         while self._producer is None:
             try:
                 self._producer = await self._connect()
             except _CONNECT_ERRORS as exc:
-                self._set_health(False, f"cannot connect: {type(exc).__name__}")
-                log.warning("kafka_connect_failed", error=type(exc).__name__, retry_in=backoff)
+                cause = await diagnose_connection(self._settings) or type(exc).__name__
+                self._set_health(False, f"cannot connect: {cause}")
+                metrics.KAFKA_CONNECT_FAILURES.inc()
+                if cause != logged:  # one line per cause, not one per retry
+                    log.warning("kafka_connect_failed", reason=cause, retry_in=backoff)
+                    logged = cause
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
         log.info("kafka_connected", bootstrap_servers=self._settings.bootstrap_servers)
