@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint format test test-unit test-integration ops-tools run bench reliability schemas docs clean
+.PHONY: install lint format test test-unit test-integration ops-tools run bench reliability schemas vectors docs clean
 
 install: $(STAMP)
 
@@ -58,6 +58,11 @@ reliability: install
 # Regenerate schemas/ from the catalog (the test suite proves files and catalog agree).
 schemas: install
 	$(BIN)/apizee-bridge schemas schemas --write
+
+# Regenerate the cross-language test vectors (tests/vectors/README.md); the suite proves the
+# committed ones are what the codec writes.
+vectors: install
+	$(BIN)/python -m tests.vectors.generate
 
 # Regenerate the README's generated blocks (config variables, event catalog).
 docs: install
