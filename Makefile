@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint format test test-unit test-integration ops-tools consumer-kit run bench reliability schemas vectors docs clean
+.PHONY: install kafka lint format test test-unit test-integration ops-tools consumer-kit run bench reliability schemas vectors docs clean
 
 install: $(STAMP)
 
@@ -15,6 +15,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# Apache Kafka's jars for the tests (devkafka/pom.xml pins the version): resolved from Maven
+# Central into devkafka/lib once; later runs find the stamp and stay offline.
+KAFKA_STAMP := devkafka/lib/.resolved
+kafka: $(KAFKA_STAMP)
+
+$(KAFKA_STAMP): devkafka/pom.xml
+	rm -rf devkafka/lib
+	cd devkafka && mvn -q -B -Dstyle.color=never -Djansi.force=false dependency:copy-dependencies \
+	  -DoutputDirectory=lib -DincludeScope=runtime
+	touch $@
+
 lint: install
 	$(BIN)/ruff check bridge tests bench
 	$(BIN)/ruff format --check bridge tests bench
@@ -24,13 +35,13 @@ format: install
 	$(BIN)/ruff format bridge tests bench
 	$(BIN)/ruff check --fix bridge tests bench
 
-test: install lint ops-tools consumer-kit
+test: install kafka lint ops-tools consumer-kit
 	$(BIN)/python -m pytest -q
 
 test-unit: install
 	$(BIN)/python -m pytest -q tests/unit
 
-test-integration: install ops-tools
+test-integration: install kafka ops-tools
 	$(BIN)/python -m pytest -q tests/integration
 
 # promtool and prometheus for tests/integration/test_ops.py, from Debian's package: only when

@@ -55,8 +55,6 @@ def bridge_settings(bootstrap: str, prefix: str, **sections: Mapping[str, Any]) 
         "kafka": {
             "bootstrap_servers": bootstrap,
             "topic_prefix": prefix,
-            # The dev broker has no idempotent producer.
-            "enable_idempotence": False,
             "topic_partitions": 3,
         },
         "ingress": {"host": "127.0.0.1", "port": 0},

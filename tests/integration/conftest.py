@@ -1,7 +1,8 @@
-"""Integration fixtures: one real Kafka-protocol broker per session, unique topics per test.
+"""Integration fixtures: Apache Kafka started by the tests, unique topics per test.
 
-`KAFKA_BOOTSTRAP_SERVERS` points the suite at a real cluster; otherwise a tansu process is
-started on a free loopback port and stopped at the end of the session.
+One single-node cluster serves the session (`kafka_bootstrap`); tests that kill, pause or
+restart a broker get a cluster of their own (`own_kafka`, 1 node; failover tests start 3).
+`KAFKA_BOOTSTRAP_SERVERS` points the shared fixture at an external cluster instead.
 """
 
 from __future__ import annotations
@@ -13,56 +14,61 @@ from pathlib import Path
 
 import pytest
 
-from bridge.devbroker import S3Store, TansuBroker
+from bridge.devbroker import KafkaCluster, TansuBroker
 
-_SESSION_BROKER = pytest.StashKey[TansuBroker]()
-_OWN_BROKERS = pytest.StashKey[list[TansuBroker]]()
+# Every broker or cluster a test started, so a failure report can show its log tail.
+_LOGGED = pytest.StashKey[list[KafkaCluster | TansuBroker]]()
+
+
+def remember(config: pytest.Config, server: KafkaCluster | TansuBroker) -> None:
+    config.stash.setdefault(_LOGGED, []).append(server)
+
+
+def forget(config: pytest.Config, server: KafkaCluster | TansuBroker) -> None:
+    config.stash.get(_LOGGED, []).remove(server)
 
 
 @pytest.fixture(scope="session")
-def broker_is_tansu() -> bool:
-    """True unless an external cluster is used; tansu has no idempotence, no transactions."""
-    return not os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap(
+def kafka_cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        yield external
+) -> Iterator[KafkaCluster | None]:
+    """The session's single-node Apache Kafka; None when an external cluster is named."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield None
         return
-    log_path = tmp_path_factory.mktemp("broker") / "tansu.log"
-    with TansuBroker(log_path=log_path) as broker:
-        request.config.stash[_SESSION_BROKER] = broker
-        yield broker.bootstrap_servers
-    del request.config.stash[_SESSION_BROKER]
+    with KafkaCluster(nodes=1, workdir=tmp_path_factory.mktemp("kafka"), heap="768m") as cluster:
+        remember(request.config, cluster)
+        yield cluster
+        forget(request.config, cluster)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_cluster: KafkaCluster | None) -> str:
+    if kafka_cluster is None:
+        return os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    return kafka_cluster.bootstrap_servers
+
+
+@pytest.fixture
+def own_kafka(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KafkaCluster]:
+    """A single-node cluster of the test's own, for tests that kill or restart it."""
+    with KafkaCluster(nodes=1, workdir=tmp_path / "kafka") as cluster:
+        remember(request.config, cluster)
+        try:
+            yield cluster
+        finally:
+            forget(request.config, cluster)
 
 
 @pytest.fixture
 def tansu_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TansuBroker]:
-    """A broker of the test's own, for tests that kill or restart it (always tansu)."""
+    """tansu, the broker of `make run`, for its smoke tests."""
     with TansuBroker(log_path=tmp_path / "tansu.log") as broker:
-        request.config.stash.setdefault(_OWN_BROKERS, []).append(broker)
+        remember(request.config, broker)
         try:
             yield broker
         finally:
-            request.config.stash[_OWN_BROKERS].remove(broker)
-
-
-@pytest.fixture
-def durable_tansu_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TansuBroker]:
-    """A broker of the test's own on S3 storage (a moto server): records survive a kill."""
-    with (
-        S3Store(log_path=tmp_path / "moto.log") as store,
-        TansuBroker(log_path=tmp_path / "tansu.log", storage=store) as broker,
-    ):
-        request.config.stash.setdefault(_OWN_BROKERS, []).append(broker)
-        try:
-            yield broker
-        finally:
-            request.config.stash[_OWN_BROKERS].remove(broker)
+            forget(request.config, broker)
 
 
 @pytest.fixture
@@ -78,9 +84,6 @@ def pytest_runtest_makereport(
     # A failed integration test often comes down to the broker: show what it said.
     report = yield
     if report.failed:
-        own: list[TansuBroker] = item.config.stash.get(_OWN_BROKERS, [])
-        session = item.config.stash.get(_SESSION_BROKER, None)
-        for broker in [session, *own]:
-            if broker is not None:
-                report.sections.append((f"broker log tail {broker!r}", broker.log_tail()))
+        for server in item.config.stash.get(_LOGGED, []):
+            report.sections.append((f"broker log tail {server!r}", server.log_tail()))
     return report

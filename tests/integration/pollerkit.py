@@ -47,7 +47,6 @@ def poller_settings(
         "kafka": {
             "bootstrap_servers": bootstrap,
             "topic_prefix": prefix,
-            "enable_idempotence": False,  # tansu has no idempotent producer
             "topic_partitions": 4,
             "topic_replication_factor": 1,
         },

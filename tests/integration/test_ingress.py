@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 from bridge.catalog import EVENTS
 from bridge.codec import SINGLE_OBJECT_MAGIC, Codec
 from bridge.config import KafkaSettings
-from bridge.devbroker import TansuBroker, free_port
+from bridge.devbroker import KafkaCluster, free_port
 from bridge.models import ENVELOPE_EXTRA_KEY, CanonicalEvent, Source
 from bridge.publisher import TopicNames
 from tests.integration.bridgeproc import (
@@ -429,20 +429,18 @@ async def test_bodies_that_are_not_json_content_get_415_and_nothing_is_stored(
 
 
 async def test_kafka_stopped_gives_503_with_retry_after_and_not_ready(
-    tansu_broker: TansuBroker, topic_prefix: str
+    own_kafka: KafkaCluster, topic_prefix: str
 ) -> None:
     settings = bridge_settings(
-        tansu_broker.bootstrap_servers,
+        own_kafka.bootstrap_servers,
         topic_prefix,
         kafka={"publish_timeout_seconds": 3.0},
         ingress={"retry_after_seconds": 7, "request_timeout_seconds": 6.0},
     )
     async with running_bridge(settings) as bridge:
         assert (await bridge.post(SEED)).status == 200
-        # SIGTERM, then SIGKILL: tansu does not exit while clients stay connected, and the
-        # bridge does. Off the loop, which the bridge runs on.
-        tansu_broker.stop_timeout = 1.0
-        await asyncio.to_thread(tansu_broker.stop)
+        # A controlled shutdown, off the loop, which the bridge runs on.
+        await asyncio.to_thread(own_kafka.stop)
 
         # Right away: the producer may not have noticed yet, the publish times out instead.
         first = await bridge.post(webhook("consent.accepted", event_id=1))

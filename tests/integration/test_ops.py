@@ -170,8 +170,6 @@ def bridge(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> It
     env.update(
         BRIDGE_KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
         BRIDGE_KAFKA_TOPIC_PREFIX=f"test.{uuid.uuid4().hex[:8]}",
-        # The test broker (tansu) has no idempotent producer.
-        BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="false",
         BRIDGE_KAFKA_TOPIC_PARTITIONS="1",
         BRIDGE_INGRESS_HOST="127.0.0.1",
         BRIDGE_INGRESS_PORT=str(public),
