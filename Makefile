@@ -67,7 +67,7 @@ ops-tools:
 # pinned artifacts from Maven Central; once one succeeded (stamp newer than the pom) it runs
 # offline (-o). Without Maven it says so and the Python side skips.
 KIT := consumers/java
-MVN := mvn -q -B -Dstyle.color=never
+MVN := mvn -q -B -Dstyle.color=never -Djansi.force=false
 consumer-kit:
 	@if ! command -v mvn >/dev/null 2>&1; then \
 	  echo "consumer-kit: Maven (mvn) not found: the Java kit is not built and its tests do not run"; \

@@ -57,6 +57,10 @@ public final class TicketTimeline {
   }
 
   public static void main(String[] args) {
+    // The example's own logging (slf4j-simple): warnings only, unless asked otherwise.
+    if (System.getProperty("org.slf4j.simpleLogger.defaultLogLevel") == null) {
+      System.setProperty("org.slf4j.simpleLogger.defaultLogLevel", "warn");
+    }
     Map<String, String> options = new HashMap<>();
     Properties props = new Properties();
     for (int i = 0; i < args.length; i++) {
