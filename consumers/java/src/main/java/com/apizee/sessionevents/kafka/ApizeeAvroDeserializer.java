@@ -1,6 +1,7 @@
 package com.apizee.sessionevents.kafka;
 
 import java.io.IOException;
+import java.io.UncheckedIOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.file.Path;
@@ -18,6 +19,7 @@ import org.apache.avro.io.DatumReader;
 import org.apache.avro.io.DecoderFactory;
 import org.apache.avro.message.BinaryMessageDecoder;
 import org.apache.avro.specific.SpecificData;
+import org.apache.kafka.common.config.ConfigException;
 import org.apache.kafka.common.errors.SerializationException;
 import org.apache.kafka.common.header.Headers;
 import org.apache.kafka.common.serialization.Deserializer;
@@ -69,7 +71,12 @@ public class ApizeeAvroDeserializer implements Deserializer<GenericRecord> {
     ApizeeDeserializerConfig config = new ApizeeDeserializerConfig(configs);
     List<Path> extra =
         config.getList(ApizeeDeserializerConfig.WRITER_SCHEMAS).stream().map(Path::of).toList();
-    this.schemas = ApizeeSchemas.bundled().withWriterSchemas(extra);
+    try {
+      this.schemas = ApizeeSchemas.bundled().withWriterSchemas(extra);
+    } catch (UncheckedIOException | AvroRuntimeException e) {
+      throw new ConfigException(
+          ApizeeDeserializerConfig.WRITER_SCHEMAS, extra.toString(), "unreadable: " + e.getMessage());
+    }
     this.specific = config.getBoolean(ApizeeDeserializerConfig.SPECIFIC_AVRO_READER);
     List<String> urls = config.getList(ApizeeDeserializerConfig.SCHEMA_REGISTRY_URL);
     Optional<String> userInfo = Optional.empty();

@@ -57,11 +57,6 @@ final class SchemaRegistryClient {
     this.http = HttpClient.newBuilder().connectTimeout(timeout).build();
   }
 
-  /** The registry's base URLs, without credentials: for messages. */
-  String describe() {
-    return baseUrls.toString();
-  }
-
   /** The writer schema of {@code id}; UnknownSchemaException when the registry has none. */
   Schema schema(int id, String topic) {
     Schema cached = byId.get(id);

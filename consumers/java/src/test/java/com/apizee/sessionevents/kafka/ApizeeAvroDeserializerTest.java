@@ -126,6 +126,11 @@ class ApizeeAvroDeserializerTest {
           () -> d.configure(Map.of("basic.auth.credentials.source", "SASL_INHERIT"), false));
       assertThrows(
           ConfigException.class, () -> d.configure(Map.of("specific.avro.reader", "yes"), false));
+      ConfigException missing =
+          assertThrows(
+              ConfigException.class,
+              () -> d.configure(Map.of("apizee.writer.schemas", "/nonexistent/x.avsc"), false));
+      assertTrue(missing.getMessage().contains("/nonexistent/x.avsc"), missing.getMessage());
     }
   }
 }
