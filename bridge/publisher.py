@@ -185,6 +185,20 @@ async def diagnose_connection(settings: KafkaSettings) -> str | None:
     return None
 
 
+def _leaderless(cluster: Any, topics: list[str]) -> list[str]:
+    """`topic-partition` of each partition the metadata shows without a leader (a topic the
+    metadata does not list yet counts whole)."""
+    out: list[str] = []
+    for topic in topics:
+        partitions = cluster.partitions_for_topic(topic)
+        if not partitions:
+            out.append(topic)
+            continue
+        led = cluster.available_partitions_for_topic(topic) or set()
+        out += [f"{topic}-{p}" for p in sorted(partitions - led)]
+    return out
+
+
 def _error_kind(exc: BaseException) -> str:
     name = type(exc).__name__
     if isinstance(exc, PublishTimeoutError | TimeoutError):
@@ -446,6 +460,7 @@ class Publisher:
                     # A new cluster, or one that lost its topics (the memory-only dev broker
                     # after a restart): create them again when we may.
                     missing = await self.ensure_topics()
+                    cluster = await self._producer.client.fetch_all_metadata()
         except _CONNECT_ERRORS as exc:
             self._set_health(False, f"metadata unavailable: {type(exc).__name__}")
             metrics.KAFKA_METADATA_AGE.set(self.metadata_age or 0.0)
@@ -454,6 +469,11 @@ class Publisher:
         metrics.KAFKA_METADATA_AGE.set(0.0)
         if missing:
             self._set_health(False, f"topics missing: {', '.join(missing)}")
+        elif leaderless := _leaderless(cluster, self.required_topics):
+            # Just created (leaders not elected yet), or their replicas all down: a publish
+            # there would wait for a leader until it times out.
+            shown = ", ".join(leaderless[:5]) + (" ..." if len(leaderless) > 5 else "")
+            self._set_health(False, f"partitions without a leader: {shown}")
         else:
             self._set_health(True)
 
