@@ -32,6 +32,7 @@ from bridge.errors import (
     CodecError,
     InvalidEventError,
     PublishError,
+    RecordTooLargeError,
     RequestTimeoutError,
     UnsupportedMediaTypeError,
 )
@@ -140,6 +141,9 @@ def _error_response(exc: Exception, ingress: Ingress) -> tuple[web.Response, str
         limit = ingress.settings.ingress.max_body_bytes
         body = {"status": "too_large", "reason": f"body larger than {limit} bytes"}
         return _json(413, body), "body_too_large"
+    if isinstance(exc, RecordTooLargeError):
+        # Definitive: the record will never fit its topic, so the sender must not retry.
+        return _json(413, {"status": "too_large", "reason": exc.reason}), "record_too_large"
     if isinstance(exc, RequestTimeoutError):
         timeout = ingress.settings.ingress.request_timeout_seconds
         body = {"status": "timeout", "reason": f"body not received within {timeout:g}s"}
@@ -186,6 +190,18 @@ async def observe(
                 error=type(exc).__name__,
                 exc_info=response.status == 500,
             )
+        elif isinstance(exc, RecordTooLargeError):
+            # An operator's matter (topic limits), not only the sender's: say which sizes.
+            log.warning(
+                "webhook_refused",
+                request_id=request_id,
+                status=response.status,
+                reason=reason,
+                topic=exc.topic,
+                record_bytes=exc.size,
+                limit_bytes=exc.limit,
+                by_broker=exc.by_broker,
+            )
         else:
             log.info(
                 "webhook_refused", request_id=request_id, status=response.status, reason=reason
@@ -229,20 +245,19 @@ async def receive_webhook(request: web.Request) -> web.Response:
     ingress.authenticator.verify(request.headers, request.query, body, time.time())
 
     received_at_ms = time.time_ns() // 1_000_000
+    dlq_headers = {
+        "request-id": request[REQUEST_ID],
+        "received-at": str(received_at_ms),
+        "source": "WEBHOOK",
+    }
     try:
         event = from_webhook(parse_webhook(body), received_at_ms)
     except InvalidEventError as exc:
         # Nothing Apizee sends is lost: the raw bytes go to the DLQ before the 400 (and a
-        # DLQ failure becomes a 503, so that the sender retries).
+        # DLQ failure becomes a 503, so that the sender retries; a DLQ too small for the
+        # body, a 413).
         await ingress.publisher.publish_dlq(
-            body,
-            kind=exc.kind,
-            reason=exc.reason,
-            headers={
-                "request-id": request[REQUEST_ID],
-                "received-at": str(received_at_ms),
-                "source": "WEBHOOK",
-            },
+            body, kind=exc.kind, reason=exc.reason, headers=dlq_headers
         )
         raise
 
@@ -257,6 +272,12 @@ async def receive_webhook(request: web.Request) -> web.Response:
     try:
         await ingress.publisher.publish(event)
         published = True
+    except RecordTooLargeError as exc:
+        # Valid, but its record can never fit its topic: kept raw on the DLQ, answered 413.
+        await ingress.publisher.publish_dlq(
+            body, kind="record_too_large", reason=exc.reason, headers=dlq_headers
+        )
+        raise
     except CodecError as exc:
         # A defect of ours, not of the sender: keep the bytes, answer 500.
         log.error("encode_failed", request_id=request[REQUEST_ID], error=str(exc))
