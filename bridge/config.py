@@ -359,6 +359,25 @@ class IngressSettings(_Section):
         ge=1,
         description="Largest webhook body accepted (bytes); larger ones are answered 413.",
     )
+    max_body_bytes_in_flight: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1,
+        description=(
+            "Most webhook body bytes one worker reads or handles at once, counted from"
+            " Content-Length (a chunked body counts as BRIDGE_INGRESS_MAX_BODY_BYTES) before"
+            " the body is read; a request beyond it is answered 503 with Retry-After at once."
+            " Bounds memory before authentication too (an HMAC needs the body); the default"
+            " keeps a worker well inside the chart's 512Mi limit. At least max_body_bytes."
+        ),
+    )
+    max_connections: int = Field(
+        default=512,
+        ge=1,
+        description=(
+            "Most connections one worker holds on the webhook port; a new connection beyond"
+            " it is answered 503 with Retry-After and closed, unread."
+        ),
+    )
     workers: int = Field(
         default=1,
         ge=1,
@@ -397,6 +416,17 @@ class IngressSettings(_Section):
         if not value.startswith("/"):
             raise ValueError("must start with '/'")
         return value
+
+    @model_validator(mode="after")
+    def _budget_holds_a_body(self) -> IngressSettings:
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise _problem(
+                self.SECTION,
+                "max_body_bytes_in_flight",
+                f"must be at least {env_name(self.SECTION, 'max_body_bytes')}"
+                f" ({self.max_body_bytes}), or a body at the limit is never admitted",
+            )
+        return self
 
 
 class AdminSettings(_Section):

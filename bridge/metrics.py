@@ -108,6 +108,22 @@ WEBHOOKS_IN_FLIGHT = Gauge(
     "Webhook requests being handled now.",
     multiprocess_mode="livesum",
 )
+WEBHOOK_BODY_BYTES_IN_FLIGHT = Gauge(
+    f"{PREFIX}_webhook_body_bytes_in_flight",
+    "Webhook body bytes taken from the per-worker budget (BRIDGE_INGRESS_MAX_BODY_BYTES_IN_FLIGHT)"
+    " by requests being read or handled now.",
+    multiprocess_mode="livesum",
+)
+CONNECTIONS = Gauge(
+    f"{PREFIX}_connections",
+    "Connections open on the webhook port (per worker, capped by BRIDGE_INGRESS_MAX_CONNECTIONS).",
+    multiprocess_mode="livesum",
+)
+CONNECTIONS_REFUSED = Counter(
+    f"{PREFIX}_connections_refused_total",
+    "Connections to the webhook port answered 503 at once because the worker held"
+    " BRIDGE_INGRESS_MAX_CONNECTIONS already.",
+)
 
 EVENTS_PUBLISHED = Counter(
     f"{PREFIX}_events_published_total",
