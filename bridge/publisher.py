@@ -28,7 +28,12 @@ from bridge import metrics
 from bridge.catalog import CATEGORIES, EVENTS, UNKNOWN_CATEGORY
 from bridge.codec import Codec
 from bridge.config import KafkaSettings
-from bridge.errors import CodecError, KafkaUnavailableError, PublishTimeoutError
+from bridge.errors import (
+    CodecError,
+    KafkaUnavailableError,
+    PublishTimeoutError,
+    SchemasNotRegisteredError,
+)
 from bridge.models import CanonicalEvent
 
 log = structlog.get_logger(__name__)
@@ -206,9 +211,12 @@ class Publisher:
         health_interval: float = 2.0,
         on_acked: Callable[[CanonicalEvent], None] | None = None,
         state_topic: bool = False,
+        schemas_pending: bool = False,
     ) -> None:
         self._settings = settings
         self._codec = codec
+        # Registry mode: events wait for use_codec() (the ids); DLQ and state records do not.
+        self._schemas_pending = schemas_pending
         self._max_request_size = max(1024 * 1024, max_body_bytes + _DLQ_OVERHEAD_BYTES)
         self._health_interval = health_interval
         self._timeout = settings.publish_timeout_seconds
@@ -255,6 +263,16 @@ class Publisher:
                 fingerprint_header=writer.fingerprint_hex.encode(),
             )
         return routes
+
+    def topic_for(self, event_type: str) -> str:
+        """The topic events of `event_type` go to (the unknown topic for types not in the
+        catalog)."""
+        return self._routes.get(event_type, self._routes[""]).topic
+
+    def use_codec(self, codec: Codec) -> None:
+        """Encode events with `codec` from now on: in registry mode, once the ids are known."""
+        self._codec = codec
+        self._schemas_pending = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -496,6 +514,8 @@ class Publisher:
             event_type_header = event.event_type.encode()
         else:
             event_type_header = route.event_type_header
+        if self._schemas_pending:
+            raise SchemasNotRegisteredError("schemas not registered with the schema registry yet")
         try:
             value = self._codec.encode(event)
         except CodecError:
