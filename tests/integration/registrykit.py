@@ -65,6 +65,22 @@ def registered_ids(url: str, prefix: str, strategy: str = "topic_record") -> dic
     return {t: latest_id(url, s) for t, s in expected_subjects(prefix, strategy).items()}
 
 
+def preregister(url: str, prefix: str) -> dict[str, int]:
+    """Register the bridge's 33 schemas under its subjects, as it would: eventType -> id."""
+    ids = {}
+    writers = Codec().writers
+    for event_type, subject in expected_subjects(prefix).items():
+        text = json.dumps(writers[event_type].schema, separators=(",", ":"), ensure_ascii=False)
+        status, body = call(
+            "POST",
+            f"{url}/subjects/{quote(subject, safe='')}/versions",
+            {"schemaType": "AVRO", "schema": text},
+        )
+        assert status == 200, (subject, body)
+        ids[event_type] = int(body["id"])
+    return ids
+
+
 def seed_webhooks(ticket_id: int, first_event_id: int) -> list[dict[str, Any]]:
     """One webhook per seed example (the 32 event types, in the seed's order), then one of an
     eventType the catalog does not know; one ticket, times one second apart."""
