@@ -384,7 +384,11 @@ def _worker_main(settings: BridgeSettings) -> None:
     configure_logging(settings.log.level, settings.log.format)
     import uvloop
 
-    uvloop.run(serve(settings, reuse_port=True))
+    try:
+        uvloop.run(serve(settings, reuse_port=True))
+    except SchemaRejectedError:
+        # Logged once where it happened; no traceback on top of that line.
+        raise SystemExit(2) from None
 
 
 def run_workers(settings: BridgeSettings, workers: int) -> int:
