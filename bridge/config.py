@@ -784,13 +784,17 @@ with warnings.catch_warnings():
     # v1's deprecated JSON-schema method (nothing here calls it); pydantic warns once, here.
     warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
 
-    class _SchemaSection(BaseSettings):
+    class _KafkaSections(BaseSettings):
+        """Kafka and the framing of its records (a base of BridgeSettings only so that the
+        warning is silenced where `schema` is declared; base fields come first)."""
+
+        kafka: KafkaSettings = Field(description="Kafka cluster and topics.")
         schema: SchemaSettings = Field(  # type: ignore[assignment]
             description="Record framing and the Schema Registry."
         )
 
 
-class BridgeSettings(_SchemaSection):
+class BridgeSettings(_KafkaSections):
     """Every setting of the bridge. Section names carry no underscore: `BRIDGE_<SECTION>_` is
     split once, so the rest of the variable name is the field name."""
 
@@ -801,7 +805,6 @@ class BridgeSettings(_SchemaSection):
         extra="forbid",
     )
 
-    kafka: KafkaSettings = Field(description="Kafka cluster and topics.")
     ingress: IngressSettings = Field(description="Webhook HTTP server.")
     admin: AdminSettings = Field(description="Admin HTTP server.")
     auth: AuthSettings = Field(description="Webhook authentication.")
