@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -72,6 +73,7 @@ GOAL_C_OVER_B_PER_CPU = 0.9
 
 # Offered rates of the open-loop runs, as fractions of (b)'s closed-loop requests/s.
 LATENCY_FRACTIONS = (0.25, 0.5)
+LOADGEN_RT_PRIORITY = 10
 
 # A pinned server busier than this is saturated; less means others took part of its core.
 BUSY_CORE_SHARE = 0.9
@@ -256,10 +258,27 @@ def run_wrk(
     )
 
 
+@functools.cache
+def realtime() -> list[str]:
+    """`chrt -f N` when this process may use it (root or CAP_SYS_NICE), else nothing.
+
+    The load generator runs SCHED_FIFO: it needs a few % of a core, but must wake up on time
+    on a core it shares with Kafka (and, on a shared machine, with others' work); otherwise
+    its own scheduling delays would be counted as the server's latency. The servers under
+    test keep the normal policy.
+    """
+    argv = ["chrt", "-f", str(LOADGEN_RT_PRIORITY)]
+    try:
+        done = subprocess.run([*argv, "true"], capture_output=True, check=False)
+    except OSError:
+        return []
+    return argv if done.returncode == 0 else []
+
+
 def run_loadgen(spec: loadgen.Spec, path: Path, cores: str | None) -> loadgen.Result:
     """bench/loadgen.py in a process of its own, on `cores` (not the server's)."""
     path.write_text(json.dumps(asdict(spec)))
-    argv = [sys.executable, str(ROOT / "bench/loadgen.py"), str(path)]
+    argv = [*realtime(), sys.executable, str(ROOT / "bench/loadgen.py"), str(path)]
     if cores is not None:
         argv = ["taskset", "-c", cores, *argv]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -941,7 +960,8 @@ def main() -> int:
             f"ingress latency (open loop): bench/loadgen.py, request i due at t0 + i/rate on"
             f" {CONNECTIONS} keep-alive connections, latency from the due time (no coordinated"
             f" omission), {WARMUP_SECONDS}s warm-up + {args.latency_seconds}s measured per"
-            f" row; rates {' and '.join(f'{r:,.0f}/s' for r in rates)}"
+            f" row, generator {'SCHED_FIFO' if realtime() else 'SCHED_OTHER (chrt refused)'};"
+            f" rates {' and '.join(f'{r:,.0f}/s' for r in rates)}"
             f" ({' and '.join(f'{r / capacity:.0%}' for r in rates)} of (b)'s {capacity:,.0f}"
             f" req/s); {placement}"
         )

@@ -109,7 +109,7 @@ class Result:
     statuses: str
     socket_errors: int  # connections lost with a request in flight
     unanswered: int  # no answer within DRAIN_SECONDS after the last due time
-    achieved: float  # 2xx answers to measured requests per second of the measured span
+    achieved: float  # 2xx answers to measured requests per second (see _result)
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -171,6 +171,8 @@ class _Connection(asyncio.Protocol):
 
 
 class OpenLoop:
+    """One run: the schedule, the pool of connections, and every sample."""
+
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
         self._loop = asyncio.get_running_loop()
@@ -193,6 +195,7 @@ class OpenLoop:
         self._measured_ok = 0
         self._statuses: Counter[int] = Counter()
         self._socket_errors = 0
+        self._reconnects: set[asyncio.Task[None]] = set()
         self._last_answer = 0
         self._timer = DueTimer()
         self._done: asyncio.Future[None] = self._loop.create_future()
@@ -295,8 +298,15 @@ class OpenLoop:
             self._in_flight -= 1
             connection.due = 0
         if not self._done.done():
-            self._loop.create_task(self._connect())
+            task = self._loop.create_task(self._connect())
+            self._reconnects.add(task)
+            task.add_done_callback(self._reconnected)
         self._check_done()
+
+    def _reconnected(self, task: asyncio.Task[None]) -> None:
+        self._reconnects.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._socket_errors += 1  # the pool is one connection smaller from now on
 
     def _check_done(self) -> None:
         finished = self._next >= self._total and not self._in_flight and not self._pending
@@ -307,7 +317,8 @@ class OpenLoop:
         spec = self.spec
         latencies, lags = sorted(self._latencies), sorted(self._lags)
         non2xx = sum(n for status, n in self._statuses.items() if not 200 <= status < 300)
-        span = (self._last_answer - self._due(self._first_measured)) / NS
+        # From the first measured due time to the last answer, at least the measured seconds.
+        span = max(spec.seconds, (self._last_answer - self._due(self._first_measured)) / NS)
         return Result(
             rate=spec.rate,
             seconds=spec.seconds,
