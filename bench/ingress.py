@@ -850,6 +850,24 @@ class KafkaCheck:
         return good
 
 
+def machine() -> str:
+    """One line for the record: when and on what the bench ran, and how busy it was."""
+    cpus = os.cpu_count()
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}; {cpus} CPUs ({model}), Linux"
+        f" {os.uname().release}, Python {sys.version.split()[0]}; load average {load}"
+    )
+
+
 def verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 
@@ -888,6 +906,7 @@ def main() -> int:
     pin = len(os.sched_getaffinity(0)) >= 2
     if not pin:
         print("fewer than 2 usable cores: nothing is pinned", file=sys.stderr)
+    started = machine()
 
     tansu: Row | None = None
     latency: list[LatencyRow] = []
@@ -919,6 +938,7 @@ def main() -> int:
 
     placement = "server on core 0; wrk, load generator and Kafka on core 1" if pin else "unpinned"
     rows = [a, b, c, *sweep, *([tansu] if tansu else [])]
+    print(f"machine at start: {started}")
     print(
         f"ingress capacity (closed loop): wrk -t{WRK_THREADS} -c{CONNECTIONS},"
         f" {WARMUP_SECONDS}s warm-up + {args.duration}s measured, {len(EVENTS)} seed event"
