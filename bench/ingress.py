@@ -75,6 +75,9 @@ GOAL_C_OVER_B_PER_CPU = 0.9
 LATENCY_FRACTIONS = (0.25, 0.5)
 LOADGEN_RT_PRIORITY = 10
 
+# Other processes taking more than this of the server's core make a latency row suspect.
+NOISY_OTHERS_SHARE = 0.1
+
 # A pinned server busier than this is saturated; less means others took part of its core.
 BUSY_CORE_SHARE = 0.9
 
@@ -335,6 +338,57 @@ def cpu_pressure_seconds() -> float:
     return int(match.group(1)) / 1e6 if match else math.nan
 
 
+def core_busy_seconds(core: str | None) -> float:
+    """Time core `core` ran anything or was stolen by the hypervisor (/proc/stat: user, nice,
+    system, steal); NaN for None (an unpinned server has no core of its own)."""
+    if core is None:
+        return math.nan
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            user, nice, system, _, _, _, _, steal = (int(x) for x in line.split()[1:9])
+            return (user + nice + system + steal) / _TICK
+    return math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """CPU seconds over one run (or, from `take`, since boot) and the wall time it spans."""
+
+    wall: float
+    server: float  # the server's process tree
+    broker: float  # the broker's process
+    core: float  # the server's core, busy with anything (NaN when the server is unpinned)
+    pressure: float  # some task waited for a CPU, machine-wide (PSI)
+
+    @classmethod
+    def take(cls, server: list[int], broker: Broker | None, core: str | None) -> Usage:
+        broker_pids = [broker.pid] if broker is not None and broker.pid is not None else []
+        return cls(
+            time.monotonic(),
+            cpu_seconds(server),
+            cpu_seconds(broker_pids),
+            core_busy_seconds(core),
+            cpu_pressure_seconds(),
+        )
+
+    def __sub__(self, before: Usage) -> Usage:
+        return Usage(
+            self.wall - before.wall,
+            self.server - before.server,
+            self.broker - before.broker,
+            self.core - before.core,
+            self.pressure - before.pressure,
+        )
+
+    @property
+    def others(self) -> float:
+        """Share of the server's core that went to anything else: the noise it suffered."""
+        return max(0.0, self.core - self.server) / self.wall
+
+    def share(self, seconds: float) -> float:
+        return seconds / self.wall
+
+
 @dataclass(frozen=True, slots=True)
 class Broker:
     """What a bridge config publishes to: its address, its process (for CPU accounting and
@@ -537,9 +591,7 @@ def bridge_answers(admin_url: str, timeout: float = 15.0) -> Counter[tuple[int, 
 class Row:
     name: str
     wrk: WrkResult
-    server_cpu: float
-    broker_cpu: float
-    pressure: float  # share of the run's wall time some task waited for a CPU (PSI)
+    usage: Usage  # over the measured run
     kafka: KafkaContent | None = None  # what the run's topics hold, warm-up included
     sent_ok: int | None = None  # 2xx answers wrk counted, warm-up included
     # The bridge's /metrics count of answers by (status, reason), warm-up included.
@@ -547,16 +599,21 @@ class Row:
 
     @property
     def per_cpu(self) -> float:
-        return self.wrk.requests / self.server_cpu if self.server_cpu else float("nan")
+        server = self.usage.server
+        return self.wrk.requests / server if server else float("nan")
 
 
 @dataclass(frozen=True, slots=True)
 class LatencyRow:
     name: str
     load: loadgen.Result
-    server_cpu_share: float  # of one core, over the whole run (warm-up included)
-    broker_cpu_share: float
-    pressure: float
+    usage: Usage  # over the generator's whole run, warm-up included
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        """The server's CPU per answered request (warm-up included)."""
+        answered = self.load.ok_total + self.load.non2xx
+        return 1e6 * self.usage.server / answered if answered else math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,19 +646,20 @@ class Bench:
         return run_wrk(self.wrk, self.script, url, seconds, self.runs * RUN_ID_STRIDE, cores)
 
     def measure(
-        self, name: str, url: str, root: int, broker: Broker | None, cores: str | None
+        self,
+        name: str,
+        url: str,
+        root: int,
+        broker: Broker | None,
+        server_cores: str | None,
+        load_cores: str | None,
     ) -> tuple[WrkResult, Row]:
         """Warm-up, then the measured run with the server tree's CPU time around it."""
-        warmup = self.load(url, WARMUP_SECONDS, cores)
+        warmup = self.load(url, WARMUP_SECONDS, load_cores)
         pids = process_tree(root)
-        broker_pids = [broker.pid] if broker is not None and broker.pid is not None else []
-        before, broker_before = cpu_seconds(pids), cpu_seconds(broker_pids)
-        pressure = cpu_pressure_seconds()
-        result = self.load(url, self.seconds, cores)
-        pressure = (cpu_pressure_seconds() - pressure) / result.seconds
-        server_cpu = cpu_seconds(pids) - before
-        broker_cpu = cpu_seconds(broker_pids) - broker_before
-        return warmup, Row(name, result, server_cpu, broker_cpu, pressure)
+        before = Usage.take(pids, broker, server_cores)
+        result = self.load(url, self.seconds, load_cores)
+        return warmup, Row(name, result, Usage.take(pids, broker, server_cores) - before)
 
     @contextlib.contextmanager
     def bare_process(self) -> Iterator[tuple[int, str]]:
@@ -642,7 +700,7 @@ class Bench:
 
     def bare(self) -> Row:
         with self.bare_process() as (pid, url):
-            _, row = self.measure(f"(a) {BARE}", url, pid, None, self.load_cores)
+            _, row = self.measure(f"(a) {BARE}", url, pid, None, self.server_cores, self.load_cores)
         return row
 
     def bridge(
@@ -658,7 +716,9 @@ class Bench:
         pin_all_threads(broker, load_cores or (ALL_CORES if self.pin else None))
         server_cores = CORE_SERVER if pinned else None
         with self.bridge_process(broker, workers, server_cores, linger_ms, src) as bridge:
-            warmup, row = self.measure(name, bridge.url, bridge.pid, broker, load_cores)
+            warmup, row = self.measure(
+                name, bridge.url, bridge.pid, broker, server_cores, load_cores
+            )
             answers = bridge_answers(bridge.admin)
         # The bridge flushed its producer on SIGTERM: every acknowledged record is in Kafka.
         return replace(
@@ -685,18 +745,9 @@ class Bench:
             connections=CONNECTIONS,
         )
         pids = process_tree(root)
-        broker_pids = [broker.pid] if broker is not None and broker.pid is not None else []
-        before, broker_before = cpu_seconds(pids), cpu_seconds(broker_pids)
-        pressure, started = cpu_pressure_seconds(), time.monotonic()
+        before = Usage.take(pids, broker, self.server_cores)
         result = run_loadgen(spec, self.logs / f"loadgen-{self.runs}.json", self.load_cores)
-        wall = time.monotonic() - started
-        return LatencyRow(
-            name,
-            result,
-            (cpu_seconds(pids) - before) / wall,
-            (cpu_seconds(broker_pids) - broker_before) / wall,
-            (cpu_pressure_seconds() - pressure) / wall,
-        )
+        return LatencyRow(name, result, Usage.take(pids, broker, self.server_cores) - before)
 
     def latency(
         self, broker: Broker, rates: list[float], seconds: int
@@ -738,7 +789,7 @@ def read_back(broker: Broker, prefix: str, answers: Counter[tuple[int, str]]) ->
 # -- report -------------------------------------------------------------------------------
 
 
-def fmt_pressure(share: float) -> str:
+def percent(share: float) -> str:
     return "-" if math.isnan(share) else f"{100 * share:.0f}"
 
 
@@ -746,17 +797,17 @@ def print_table(rows: list[Row]) -> None:
     header = (
         f"{'config':<36} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'non2xx':>6} {'sockerr':>7}"
         f" {'srv CPU s':>9} {'CPU %':>6} {'req/CPU-s':>9} {'wrk CPU s':>9} {'broker CPU s':>12}"
-        f" {'PSI %':>5}"
+        f" {'others %':>8} {'PSI %':>5}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
-        w = row.wrk
+        w, u = row.wrk, row.usage
         print(
             f"{row.name:<36} {w.rate:>8,.0f} {w.p50_ms:>7.2f} {w.p99_ms:>7.2f} {w.non2xx:>6}"
-            f" {w.socket_errors + w.timeouts:>7} {row.server_cpu:>9.2f}"
-            f" {100 * row.server_cpu / w.seconds:>6.0f} {row.per_cpu:>9,.0f}"
-            f" {w.cpu_seconds:>9.2f} {row.broker_cpu:>12.2f} {fmt_pressure(row.pressure):>5}"
+            f" {w.socket_errors + w.timeouts:>7} {u.server:>9.2f} {percent(u.share(u.server)):>6}"
+            f" {row.per_cpu:>9,.0f} {w.cpu_seconds:>9.2f} {u.broker:>12.2f}"
+            f" {percent(u.others):>8} {percent(u.share(u.pressure)):>5}"
         )
 
 
@@ -764,21 +815,21 @@ def print_latency_table(rows: list[LatencyRow]) -> None:
     header = (
         f"{'config':<20} {'offered/s':>9} {'achieved/s':>10} {'p50 ms':>7} {'p90 ms':>7}"
         f" {'p99 ms':>7} {'p99.9 ms':>8} {'max ms':>7} {'errors':>6} {'late>1ms':>8}"
-        f" {'queued':>6} {'lag p99 ms':>10} {'srv CPU %':>9} {'broker CPU %':>12}"
-        f" {'gen CPU %':>9} {'PSI %':>5}"
+        f" {'queued':>6} {'lag p99 ms':>10} {'srv CPU %':>9} {'us CPU/req':>10}"
+        f" {'broker CPU %':>12} {'gen CPU %':>9} {'others %':>8} {'PSI %':>5}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
-        r = row.load
+        r, u = row.load, row.usage
         errors = r.non2xx + r.socket_errors + r.unanswered
-        gen_cpu = r.cpu_seconds / (WARMUP_SECONDS + r.seconds)
         print(
             f"{row.name:<20} {r.rate:>9,.0f} {r.achieved:>10,.0f} {r.p50_ms:>7.2f}"
             f" {r.p90_ms:>7.2f} {r.p99_ms:>7.2f} {r.p999_ms:>8.2f} {r.max_ms:>7.1f}"
             f" {errors:>6} {r.late:>8} {r.queued:>6} {r.lag_p99_ms:>10.2f}"
-            f" {100 * row.server_cpu_share:>9.0f} {100 * row.broker_cpu_share:>12.0f}"
-            f" {100 * gen_cpu:>9.0f} {fmt_pressure(row.pressure):>5}"
+            f" {percent(u.share(u.server)):>9} {row.cpu_us_per_request:>10.0f}"
+            f" {percent(u.share(u.broker)):>12} {percent(u.share(r.cpu_seconds)):>9}"
+            f" {percent(u.others):>8} {percent(u.share(u.pressure)):>5}"
         )
 
 
@@ -793,8 +844,8 @@ def print_latency_ratios(rows: list[LatencyRow], capacity: float) -> None:
             f"{row.name} / bare at {r.rate:,.0f}/s ({r.rate / capacity:.0%} of (b)):"
             f" p50 x{r.p50_ms / base.p50_ms:.1f}, p99 x{r.p99_ms / base.p99_ms:.1f},"
             f" p99.9 x{r.p999_ms / base.p999_ms:.1f}"
-            f" (+{r.p50_ms - base.p50_ms:.2f} / +{r.p99_ms - base.p99_ms:.2f}"
-            f" / +{r.p999_ms - base.p999_ms:.2f} ms)"
+            f" ({r.p50_ms - base.p50_ms:+.2f} / {r.p99_ms - base.p99_ms:+.2f}"
+            f" / {r.p999_ms - base.p999_ms:+.2f} ms)"
         )
     for row in rows:
         r = row.load
@@ -803,6 +854,12 @@ def print_latency_ratios(rows: list[LatencyRow], capacity: float) -> None:
                 f"NOISE? {row.name} at {r.rate:,.0f}/s: the generator itself sent {r.late:,} of"
                 f" {r.sent:,} requests more than 1 ms late (its core was busy): those"
                 f" latencies include that lag, an upper bound for the server's"
+            )
+        if row.usage.others > NOISY_OTHERS_SHARE:
+            print(
+                f"NOISE? {row.name} at {r.rate:,.0f}/s: other processes took"
+                f" {percent(row.usage.others)} % of the server's core: its latencies include"
+                " waiting for them"
             )
 
 
@@ -967,12 +1024,13 @@ def main() -> int:
         print(f"b on Kafka / b on tansu requests per CPU-s: {b.per_cpu / tansu.per_cpu:.2f}")
     if pin:
         for row in (a, b):
-            share = row.server_cpu / row.wrk.seconds
+            share = row.usage.share(row.usage.server)
             if share < BUSY_CORE_SHARE:
                 print(
-                    f"NOISE? {row.name} used only {share:.0%} of its pinned core: other"
-                    " processes ran there (or the wrk + broker core was the limit), so its"
-                    " requests/s and b/a understate it; requests per CPU-s hold better"
+                    f"NOISE? {row.name} used only {share:.0%} of its pinned core, other"
+                    f" processes {percent(row.usage.others)} % (or the wrk + broker core was"
+                    " the limit), so its requests/s and b/a understate it; requests per"
+                    " CPU-s hold better"
                 )
     if latency:
         print()
