@@ -15,7 +15,8 @@ run, and after each bridge config the run's topics are read back: the records, t
 event ids and the bridge's own count of "accepted" answers must be equal, and at least what
 the load saw answered 2xx.
 Installs wrk with apt-get when it is missing (as root); Kafka's jars come from `make kafka`.
-Usage: python bench/ingress.py [--duration S] [--latency-seconds S] [--linger-ms 0,5,20]
+Usage: python bench/ingress.py [--duration S] [--latency-seconds S] [--rates R1,R2]
+       [--linger-ms 0,20] [--no-tansu]; A/B: --base DIR [--rounds N]
 """
 
 from __future__ import annotations
@@ -750,31 +751,43 @@ class Bench:
         return LatencyRow(name, result, Usage.take(pids, broker, self.server_cores) - before)
 
     def latency(
-        self, broker: Broker, rates: list[float], seconds: int
-    ) -> tuple[list[LatencyRow], KafkaCheck]:
-        """The bare handler and the bridge (one worker, both on the server core), each at each
-        rate, alternately: both see the same noise of the machine."""
+        self, broker: Broker, rates: list[float], seconds: int, lingers: list[str]
+    ) -> tuple[list[LatencyRow], list[KafkaCheck]]:
+        """The bare handler and the bridge (one worker with the default producer, then one
+        per `lingers` value; all on the server core), each at each rate, one after the
+        other: all see the same noise of the machine."""
         pin_all_threads(broker, self.load_cores)
         rows: list[LatencyRow] = []
-        bridge_name = f"bridge, {broker.name}"
-        with (
-            self.bare_process() as (bare_pid, bare_url),
-            self.bridge_process(broker, 1, self.server_cores) as bridge,
-        ):
+        configs: list[tuple[str, str | None]] = [(f"bridge, {broker.name}", None)]
+        configs += [(f"bridge, linger_ms={linger}", linger) for linger in lingers]
+        with contextlib.ExitStack() as stack:
+            bare_pid, bare_url = stack.enter_context(self.bare_process())
+            bridges = [
+                (
+                    name,
+                    stack.enter_context(self.bridge_process(broker, 1, self.server_cores, linger)),
+                )
+                for name, linger in configs
+            ]
             for rate in rates:
                 rows.append(self.open_loop(BARE, bare_url, bare_pid, None, rate, seconds))
-                rows.append(
-                    self.open_loop(bridge_name, bridge.url, bridge.pid, broker, rate, seconds)
-                )
-            answers = bridge_answers(bridge.admin)
-        return rows, KafkaCheck(
-            "open-loop bridge",
-            read_back(broker, bridge.prefix, answers),
-            answers,
-            sent_ok=sum(r.load.ok_total for r in rows if r.name == bridge_name),
-            # The generator waits for every answer: nothing is in flight when it stops.
-            in_flight=0,
-        )
+                rows += [
+                    self.open_loop(name, bridge.url, bridge.pid, broker, rate, seconds)
+                    for name, bridge in bridges
+                ]
+            answers = {name: bridge_answers(bridge.admin) for name, bridge in bridges}
+        # The bridges flushed their producers on SIGTERM: every acknowledged record is in Kafka.
+        return rows, [
+            KafkaCheck(
+                f"open-loop {name}",
+                read_back(broker, bridge.prefix, answers[name]),
+                answers[name],
+                sent_ok=sum(r.load.ok_total for r in rows if r.name == name),
+                # The generator waits for every answer: nothing is in flight when it stops.
+                in_flight=0,
+            )
+            for name, bridge in bridges
+        ]
 
 
 def read_back(broker: Broker, prefix: str, answers: Counter[tuple[int, str]]) -> KafkaContent:
@@ -947,7 +960,8 @@ def main() -> int:
     parser.add_argument(
         "--linger-ms",
         default="",
-        help="comma-separated BRIDGE_KAFKA_LINGER_MS values to run (b) with, e.g. 0,5,20",
+        help="comma-separated BRIDGE_KAFKA_LINGER_MS values to run (b) and the open-loop"
+        " bridge with too, e.g. 0,20",
     )
     parser.add_argument(
         "--base",
@@ -977,18 +991,17 @@ def main() -> int:
             a = bench.bare()
             b = bench.bridge("(b) bridge 1 worker, pinned", kafka, 1, pinned=pin)
             c = bench.bridge("(c) bridge 2 workers, unpinned", kafka, 2, pinned=False)
+            lingers = [x.strip() for x in args.linger_ms.split(",") if x.strip()]
             sweep = [
                 bench.bridge(f"(b) linger_ms={linger}", kafka, 1, pinned=pin, linger_ms=linger)
-                for linger in (x.strip() for x in args.linger_ms.split(","))
-                if linger
+                for linger in lingers
             ]
             capacity = b.wrk.rate
             rates = [float(x) for x in args.rates.split(",") if x.strip()] or [
                 round(fraction * capacity) for fraction in LATENCY_FRACTIONS
             ]
             if args.latency_seconds > 0:
-                latency, check = bench.latency(kafka, rates, args.latency_seconds)
-                checks.append(check)
+                latency, checks = bench.latency(kafka, rates, args.latency_seconds, lingers)
         if not args.no_tansu:
             with tansu_broker(logs, bench.load_cores) as broker:
                 tansu = bench.bridge("(b) bridge 1 worker, pinned, tansu", broker, 1, pinned=pin)

@@ -118,7 +118,7 @@ class Result:
     lag_p50_ms: float  # how late measured requests were sent
     lag_p99_ms: float
     lag_max_ms: float
-    late: int  # sent more than 1 ms late because the generator woke up late
+    late: int  # sent more than 1 ms late by the generator (woke up late, or busy with answers)
     queued: int  # sent late because every connection was busy (server-caused)
     max_in_flight: int
     cpu_seconds: float  # the generator's own, whole run
