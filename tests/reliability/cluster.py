@@ -310,7 +310,9 @@ async def isr_outage(
         recovered = time.monotonic() - returned_at
         assert process.process.returncode is None, "the bridge exited"
         acked = before.acked | during.acked | after.acked
-        merged = Load(client.webhook_url, [*before.bodies, *during.bodies, *after.bodies], 1)
+        merged = Load(
+            client.webhook_url, [*before.bodies, *during.bodies, *after.bodies], size.concurrency
+        )
         merged.acked, merged.statuses = acked, during.statuses + after.statuses
         merged.ok_times = [*during.ok_times, *after.ok_times]
         merged.started, merged.ended = fault_at, time.monotonic()
