@@ -433,7 +433,8 @@ async def test_a_terminal_gap_marks_the_ticket_terminal(clock: Clock) -> None:
         item(2, "ticket.closed", at=T0_S - 100),
     ]
     await rig.poller.poll_ticket(TICKET)
-    assert rig.store.get(TICKET).terminal_ms == (T0_S - 100) * 1000
+    # Closed 100 s ago per Apizee, learned now: the grace period counts from now.
+    assert rig.store.get(TICKET).terminal_ms == T0_MS
 
 
 async def test_an_unknown_event_type_is_published_not_dead_lettered(clock: Clock) -> None:
@@ -581,9 +582,9 @@ async def test_an_apizee_error_is_the_polls_result_not_a_crash(
 
 
 async def test_a_ticket_is_retired_a_grace_period_after_its_terminal_event() -> None:
-    rig = make_rig(interval_seconds=60.0, retire_grace_seconds=300.0)
+    rig = make_rig(interval_seconds=60.0, retire_grace_seconds=0.3)
     now = now_ms()
-    closed_at = now - 300_000 + 300  # the grace period ends 0.3 s from now
+    closed_at = now  # learned now: the grace period ends 0.3 s from now
     rig.store.record(TICKET, 1, "ticket.new", 0)
     rig.store.record(TICKET, 2, "ticket.closed", closed_at)
     rig.lister.items[TICKET] = [item(1, at=now / 1000 - 400), item(2, at=closed_at / 1000)]
@@ -599,6 +600,27 @@ async def test_a_ticket_is_retired_a_grace_period_after_its_terminal_event() -> 
     state = rig.store.get(TICKET)
     assert (state.ids, state.floor) == (set(), 2)
     assert metric("tickets_retired_total", reason="terminal") == before + 1
+
+
+async def test_a_late_terminal_event_keeps_the_ticket_polled_for_its_grace_period() -> None:
+    # ticket.closed learned an hour after Apizee recorded it (a webhook retried after an
+    # outage): the ticket is still polled for the whole grace period, so an event Apizee
+    # lists after the close is found.
+    rig = make_rig(interval_seconds=0.05, retire_grace_seconds=0.5, settle_seconds=0.0)
+    an_hour_ago = now_ms() - 3_600_000
+    rig.store.record(TICKET, 1, "ticket.new", an_hour_ago)
+    rig.store.record(TICKET, 2, "ticket.closed", an_hour_ago)
+    rig.lister.items[TICKET] = [
+        item(1, "ticket.new", at=an_hour_ago / 1000),
+        item(2, "ticket.closed", at=an_hour_ago / 1000),
+    ]
+    async with running(rig):
+        rig.poller.schedule(TICKET, 0)
+        await eventually(lambda: len(rig.lister.calls) >= 1)
+        rig.lister.items[TICKET].append(item(3, "survey.answered", at=time.time()))
+        await eventually(lambda: rig.publisher.ids == [3])
+        assert not rig.store.get(TICKET).retired
+        await eventually(lambda: rig.store.get(TICKET).retired)
 
 
 async def test_a_ticket_without_events_for_the_idle_ttl_is_retired() -> None:
@@ -671,7 +693,8 @@ async def test_stop_cancels_the_polls_in_flight() -> None:
 
 async def test_retirement_cancels_a_poll_queued_during_the_last_one() -> None:
     rig = make_rig(retire_grace_seconds=300.0)
-    rig.store.record(TICKET, 2, "ticket.closed", now_ms() - 301_000)  # grace period over
+    rig.store.record(TICKET, 2, "ticket.closed", 0)
+    rig.store.get(TICKET).terminal_ms = now_ms() - 301_000  # learned then: grace period over
     last_poll = rig.lister.gates[TICKET] = asyncio.Event()
     async with running(rig):
         rig.poller.schedule(TICKET, 0)
