@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from bridge import metrics
+from bridge import dlq, metrics
 from bridge.auth import Authenticator, AuthError
 from bridge.config import BridgeSettings
 from bridge.dedupe import RecentIds
@@ -238,11 +238,11 @@ async def receive_webhook(request: web.Request) -> web.Response:
             body,
             kind=exc.kind,
             reason=exc.reason,
-            headers={
-                "request-id": request[REQUEST_ID],
-                "received-at": str(received_at_ms),
-                "source": "WEBHOOK",
-            },
+            headers=dlq.webhook_headers(
+                request_id=request[REQUEST_ID],
+                received_at_ms=received_at_ms,
+                ticket_id=dlq.ticket_in_body(body),
+            ),
         )
         raise
 
@@ -264,7 +264,11 @@ async def receive_webhook(request: web.Request) -> web.Response:
             body,
             kind="encode_error",
             reason=str(exc),
-            headers={"request-id": request[REQUEST_ID], "received-at": str(received_at_ms)},
+            headers=dlq.webhook_headers(
+                request_id=request[REQUEST_ID],
+                received_at_ms=received_at_ms,
+                ticket_id=event.ticket_id,
+            ),
         )
         raise
     finally:

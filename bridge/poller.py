@@ -20,7 +20,7 @@ from typing import Protocol
 
 import structlog
 
-from bridge import metrics
+from bridge import dlq, metrics
 from bridge.apizee import TicketEvents
 from bridge.catalog import EVENTS, TERMINAL_EVENT_TYPES, UNKNOWN_CATEGORY, category_of
 from bridge.config import PollerSettings
@@ -288,9 +288,9 @@ class Poller:
                 if now - item.timestamp * 1000 < settle_ms:
                     result.unsettled += 1  # its webhook may still be on its way
                     continue
-                await self._fill(ticket_id, item, now, result)
+                await self._fill(fetched, item, now, result)
             for invalid in fetched.invalid:
-                await self._reject(ticket_id, invalid.raw, invalid.error, result)
+                await self._reject(fetched, invalid.raw, invalid.error, result)
         except PublishError as exc:
             result.error = exc.kind
             metrics.POLLS.labels(outcome="publish_failed").inc()
@@ -303,9 +303,10 @@ class Poller:
         return result
 
     async def _reject(
-        self, ticket_id: int, raw: bytes, error: InvalidEventError, result: PollResult
+        self, fetched: TicketEvents, raw: bytes, error: InvalidEventError, result: PollResult
     ) -> None:
         """Send a malformed item to the DLQ, once: the ticket's state remembers it."""
+        ticket_id = fetched.ticket_id
         state = self._store.get(ticket_id)
         key = _rejection_key(raw)
         if key in state.rejected:
@@ -314,18 +315,25 @@ class Poller:
             raw,
             kind=error.kind,
             reason=error.reason,
-            headers={"ticket-id": str(ticket_id), "source": "POLLER"},
+            headers=dlq.poller_headers(
+                request_id=fetched.request_id,
+                received_at_ms=fetched.received_at_ms,
+                ticket_id=ticket_id,
+            ),
         )
         state.rejected.add(key)
         result.rejected += 1
 
-    async def _fill(self, ticket_id: int, item: RestEvent, now: int, result: PollResult) -> None:
+    async def _fill(
+        self, fetched: TicketEvents, item: RestEvent, now: int, result: PollResult
+    ) -> None:
+        ticket_id = fetched.ticket_id
         category = category_of(item.eventType) if item.eventType in EVENTS else UNKNOWN_CATEGORY
         metrics.GAPS_FOUND.labels(category=category).inc()
         try:
             event = from_rest(item, ticket_id, now, Source.POLLER)
         except InvalidEventError as exc:
-            await self._reject(ticket_id, item.model_dump_json().encode(), exc, result)
+            await self._reject(fetched, item.model_dump_json().encode(), exc, result)
             return
         if not await self._dedupe.claim(event.event_id):
             # Published by this process meanwhile (the dedupe window holds only published

@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 
-from bridge import metrics
+from bridge import dlq, metrics
 from bridge.catalog import CATEGORIES, EVENTS, UNKNOWN_CATEGORY
 from bridge.codec import Codec
 from bridge.config import KafkaSettings
@@ -415,10 +415,13 @@ class Publisher:
     async def publish_dlq(
         self, body: bytes, *, kind: str, reason: str, headers: Mapping[str, str]
     ) -> None:
-        """Keep bytes that are not a valid event, as they came, with why they were refused."""
+        """Keep bytes that are not a valid event, as they came, with why they were refused.
+
+        `headers`: the rest of the contract, from `bridge.dlq` (webhook_ or poller_headers).
+        """
         all_headers = [
-            ("dlq-kind", kind.encode()),
-            ("dlq-reason", reason.encode()[:_DLQ_REASON_MAX_BYTES]),
+            (dlq.KIND, kind.encode()),
+            (dlq.REASON, reason.encode()[:_DLQ_REASON_MAX_BYTES]),
             *((k, v.encode()) for k, v in headers.items()),
         ]
         await self._send(self.topics.dlq, None, body, all_headers, DLQ_SUFFIX)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ from bridge.publisher import Publisher
 from bridge.state import StateStore, TicketState, now_ms, partition_for
 
 MAX_IDS = 100
+# What a DLQ record carries besides dlq-kind and dlq-reason, whichever path parked it.
+DLQ_HEADERS = {"source", "received-at", "request-id", "ticket-id"}
 TICKET = 361
 CONVERSATION = 548
 T0_MS = 1_750_000_000_000  # the fake wall clock's start: whole seconds, like Apizee's times
@@ -79,6 +82,7 @@ class Lister:
         # A fetch of that ticket waits for the event (once: the gate is used up).
         self.gates: dict[int, asyncio.Event] = {}
         self.calls: list[int] = []
+        self.returned: list[TicketEvents] = []
         self.cancelled: list[int] = []
         self.used_gates: list[asyncio.Event] = []
 
@@ -95,12 +99,14 @@ class Lister:
         error = self.errors.get(ticket_id)
         if error is not None:
             raise error
-        return TicketEvents(
+        fetched = TicketEvents(
             ticket_id,
             now_ms(),
             tuple(self.items.get(ticket_id, ())),
             tuple(self.invalid.get(ticket_id, ())),
         )
+        self.returned.append(fetched)
+        return fetched
 
 
 @dataclass(frozen=True)
@@ -472,12 +478,20 @@ async def test_malformed_items_reach_the_dlq_once_per_ticket(clock: Clock) -> No
     assert first.published == again.published == other.published == 0
     assert rig.publisher.events == []
 
+    # The DLQ header contract (README "Dead letters"): the webhook's set, from the fetch.
+    assert all(set(r.headers) == DLQ_HEADERS for r in rig.publisher.dlq)
+    polls = [rig.lister.returned[0]] * 2 + [rig.lister.returned[2]] * 2
     assert [r.headers for r in rig.publisher.dlq] == [
-        {"ticket-id": "1", "source": "POLLER"},
-        {"ticket-id": "1", "source": "POLLER"},
-        {"ticket-id": "2", "source": "POLLER"},
-        {"ticket-id": "2", "source": "POLLER"},
+        {
+            "source": "POLLER",
+            "ticket-id": str(p.ticket_id),
+            "received-at": str(p.received_at_ms),
+            "request-id": p.request_id,
+        }
+        for p in polls
     ]
+    assert polls[0].request_id != polls[2].request_id
+    assert all(re.fullmatch(r"[0-9a-f]{32}", p.request_id) for p in polls)
     assert {r.kind for r in rig.publisher.dlq} == {"invalid_envelope"}
     by_body = {r.body: r.reason for r in rig.publisher.dlq[:2]}
     assert by_body[bad_envelope] == "id: not an integer"
