@@ -146,10 +146,53 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bridge.check import run_check
+    from bridge.config import ConfigError, load_settings
+    from bridge.logs import configure_logging
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            _say(
+                f"FAIL  configuration: {line}. Fix: set the variable as the message says"
+                " (`apizee-bridge config --env-docs` lists them all)"
+            )
+        _say("check: the configuration is invalid; nothing else was checked")
+        return EXIT_CONFIG
+    configure_logging(settings.log.level, settings.log.format)
+    return asyncio.run(
+        run_check(settings, _say, within=args.timeout, apizee_ticket=args.apizee_ticket)
+    )
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from bridge.simulator import simulate_command
 
     return simulate_command(args)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _ticket_id(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a ticket id: {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,6 +284,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up if Kafka is not reachable within S seconds (default 30)",
     )
     fill.set_defaults(func=_cmd_backfill)
+
+    check = sub.add_parser(
+        "check",
+        help="preflight of a deployment: brokers, topics, rights, Apizee token; exit 0 only"
+        " when all pass",
+        description="Check, without changing anything, what the bridge needs before traffic"
+        " arrives, printing one line per item (OK, FAIL with the fix, or SKIP): the"
+        " configuration; each bootstrap broker with the configured security (TLS, SASL); the"
+        " brokers the cluster advertises; every topic (partitions, replication factor,"
+        " min.insync.replicas, cleanup.policy) and this principal's rights on it; its right to"
+        " read the poller's consumer group; Apizee's REST API with the token (one request)."
+        " Exit 0 when every check passes, 1 when one fails, 2 on invalid configuration.",
+    )
+    check.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="give up on each broker or request after S seconds (default 10)",
+    )
+    check.add_argument(
+        "--apizee-ticket",
+        type=_ticket_id,
+        default=1,
+        metavar="ID",
+        help="the ticket whose events are asked for to test the token; a 404 still proves"
+        " the token is accepted (default 1)",
+    )
+    check.set_defaults(func=_cmd_check)
 
     sim = sub.add_parser(
         "simulate",
