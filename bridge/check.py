@@ -205,7 +205,10 @@ class Preflight:
             )
         else:
             self._add(
-                _ok("cluster", f"{len(brokers)} brokers advertised, all reachable ({listed})")
+                _ok(
+                    "cluster",
+                    f"{_count(len(brokers), 'broker')} advertised, all reachable ({listed})",
+                )
             )
 
     def _expected_replication(self, brokers: int) -> int:
