@@ -9,7 +9,6 @@ group, Apizee's REST API with the token. Read only: nothing is created or writte
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,7 +17,15 @@ from typing import Final
 from aiokafka.errors import KafkaError
 
 from bridge.apizee import ApizeeClient
-from bridge.cluster import AclOperation, ClusterClient, ClusterError, TopicInfo, bootstrap_addresses
+from bridge.cluster import (
+    AclOperation,
+    ClusterClient,
+    ClusterError,
+    TopicInfo,
+    bootstrap_addresses,
+    principal,
+    quiet_client_logs,
+)
 from bridge.cluster import probe_broker as _probe_broker
 from bridge.config import BridgeSettings, env_name
 from bridge.errors import (
@@ -101,12 +108,7 @@ class Preflight:
 
     @property
     def principal(self) -> str:
-        kafka = self.settings.kafka
-        if kafka.security_protocol.startswith("SASL"):
-            return f"User:{kafka.sasl_username}"
-        if kafka.security_protocol == "PLAINTEXT":
-            return "User:ANONYMOUS"
-        return "this principal (the client certificate's)"
+        return principal(self.settings.kafka)
 
     async def run(self) -> int:
         settings = self.settings
@@ -441,16 +443,9 @@ async def run_check(
     """Run every check, one line each through `out`, then a summary; EXIT_OK only when all
     pass."""
     # Every failure is reported on its line: aiokafka's own error logs would only repeat them.
-    loggers = [logging.getLogger(name) for name in ("aiokafka", "aiokafka.conn")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
-    try:
+    with quiet_client_logs():
         preflight = Preflight(settings, out, timeout=within, apizee_ticket=apizee_ticket)
         code = await preflight.run()
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
     total = sum(1 for f in preflight.findings if f.status is not Status.SKIP)
     if code == EXIT_OK:
         out(f"check: all {total} checks passed")

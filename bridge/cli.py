@@ -173,6 +173,34 @@ def _cmd_check(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_tail(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bridge.logs import configure_logging
+    from bridge.tail import Filter, Tail, TailArgumentError, run_tail, topic_names
+
+    settings = _load_settings_or_exit()
+    try:
+        topics = topic_names(settings.kafka, args.topic or [])
+    except TailArgumentError as exc:
+        args.parser.error(str(exc))
+    configure_logging(settings.log.level, settings.log.format)
+    tail = Tail(
+        settings.kafka,
+        topics,
+        where=Filter(
+            tickets=frozenset(args.ticket or ()),
+            types=frozenset(args.type or ()),
+            sources=frozenset(args.source or ()),
+        ),
+        as_json=args.json,
+        from_beginning=args.from_beginning,
+        count=args.count,
+        connect_timeout=args.connect_timeout,
+    )
+    return asyncio.run(run_tail(tail))
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from bridge.simulator import simulate_command
 
@@ -187,6 +215,12 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return int(text)
 
 
 def _ticket_id(text: str) -> int:
@@ -313,6 +347,52 @@ def build_parser() -> argparse.ArgumentParser:
         " the token is accepted (default 1)",
     )
     check.set_defaults(func=_cmd_check)
+
+    tail = sub.add_parser(
+        "tail",
+        help="print the bridge's topics, decoded, as records land (or from the beginning)",
+        description="Print each record of the bridge's event topics and DLQ as it lands (or"
+        " from the beginning with --from-beginning): events decoded (topic, partition@offset,"
+        " key, eventType, id, source, time, attributes), dead letters with their kind, source,"
+        " ticket, reason and the start of their body; as text lines, or one JSON object per"
+        " record with --json. Filters combine (AND); a repeated one is an OR. Joins no"
+        " consumer group. Stops on Ctrl-C or after --count records (exit 0); exit 1 when Kafka"
+        " cannot be reached or the topics may not be read, 2 on bad arguments.",
+    )
+    tail.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest retained record"
+    )
+    tail.add_argument(
+        "--topic",
+        action="append",
+        metavar="NAME",
+        help="a category (ticket, media, ...), unknown, dlq, or a full topic name; repeatable"
+        " (default: all of them)",
+    )
+    tail.add_argument(
+        "--ticket", action="append", type=_ticket_id, metavar="ID", help="only this ticket"
+    )
+    tail.add_argument(
+        "--type", action="append", metavar="EVENT_TYPE", help="only this eventType (events)"
+    )
+    tail.add_argument(
+        "--source",
+        action="append",
+        choices=("WEBHOOK", "POLLER"),
+        help="only what this path brought (the source header)",
+    )
+    tail.add_argument("--json", action="store_true", help="one JSON object per record")
+    tail.add_argument(
+        "--count", type=_positive_int, metavar="N", help="stop after N records printed"
+    )
+    tail.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        default=15.0,
+        metavar="S",
+        help="give up if Kafka does not answer within S seconds at start (default 15)",
+    )
+    tail.set_defaults(func=_cmd_tail, parser=tail)
 
     sim = sub.add_parser(
         "simulate",

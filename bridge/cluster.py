@@ -9,9 +9,11 @@ Used by `check`, `replay` and `tail`; nothing here writes to the cluster.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import socket
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final
@@ -132,6 +134,30 @@ def explain(exc: BaseException, settings: KafkaSettings, where: str) -> ClusterE
             f"check {servers} and {env_name('kafka', 'security_protocol')} ({protocol})",
         )
     raise exc
+
+
+def principal(settings: KafkaSettings) -> str:
+    """The principal the brokers see for these settings, as ACLs name it (when it is known
+    from the settings alone: a client certificate's name depends on the brokers' mapping)."""
+    if settings.security_protocol.startswith("SASL"):
+        return f"User:{settings.sasl_username}"
+    if settings.security_protocol == "PLAINTEXT":
+        return "User:ANONYMOUS"
+    return "this principal (the client certificate's)"
+
+
+@contextlib.contextmanager
+def quiet_client_logs() -> Iterator[None]:
+    """Silence aiokafka's own error logs while the caller reports each failure itself."""
+    loggers = [logging.getLogger(name) for name in ("aiokafka", "aiokafka.conn")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def bootstrap_addresses(settings: KafkaSettings) -> list[tuple[str, int]]:
@@ -317,6 +343,13 @@ class ClusterClient:
             await self._client.bootstrap()
         except (OSError, KafkaError, TimeoutError, KeyError, ValueError) as exc:
             await self._client.close()
+            # aiokafka only says it could not bootstrap: ask each broker why.
+            timeout = self.settings.request_timeout_ms / 1000
+            for host, port in bootstrap_addresses(self.settings):
+                try:
+                    await probe_broker(self.settings, host, port, min(timeout, 10.0))
+                except ClusterError as cause:
+                    raise cause from None
             raise explain(exc, self.settings, "bootstrap") from None
         return self
 
