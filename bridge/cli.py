@@ -201,6 +201,36 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     return asyncio.run(run_tail(tail))
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bridge.logs import configure_logging
+    from bridge.replay import Options, Selection, default_group, run_replay
+
+    if args.since is not None and args.until is not None and args.since > args.until:
+        args.parser.error("--since is after --until")
+    settings = _load_settings_or_exit()
+    configure_logging(settings.log.level, settings.log.format)
+    selection = Selection(
+        source=args.source,
+        since_ms=args.since,
+        until_ms=args.until,
+        kinds=frozenset(args.kind or ()),
+        tickets=frozenset(args.ticket or ()),
+    )
+    options = Options(
+        selection=selection,
+        group=args.group or default_group(settings, args.source),
+        dry_run=args.dry_run,
+        limit=args.limit,
+        restart=args.restart,
+        ready_timeout=args.ready_timeout,
+    )
+    return asyncio.run(
+        run_replay(settings, options, _say, lambda line: print(line, file=sys.stderr, flush=True))
+    )
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from bridge.simulator import simulate_command
 
@@ -221,6 +251,15 @@ def _positive_int(text: str) -> int:
     if not text.isascii() or not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
     return int(text)
+
+
+def _iso_time(text: str) -> int:
+    from bridge.replay import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _ticket_id(text: str) -> int:
@@ -393,6 +432,76 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up if Kafka does not answer within S seconds at start (default 15)",
     )
     tail.set_defaults(func=_cmd_tail, parser=tail)
+
+    replay = sub.add_parser(
+        "replay",
+        help="publish what was parked on the DLQ or the unknown topic and now passes",
+        description="Read the records parked on {prefix}.dlq or {prefix}.unknown (those the"
+        " filters select), run each through today's validation and catalog again, publish what"
+        " now passes to its topic with a replayed-from header (topic:partition:offset of the"
+        " parked record), and leave what still fails where it is, counted by reason. Event ids"
+        " already on their topic are skipped; progress is committed to a consumer group of the"
+        " replay's own, so a rerun after a crash continues where it stopped. Prints a summary"
+        " table; exit 0 when every selected record was handled, 1 when some still fail (or the"
+        " run could not finish), 2 on bad arguments. Runs beside a running bridge.",
+    )
+    replay.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        choices=("dlq", "unknown"),
+        help="the topic to replay: {prefix}.dlq or {prefix}.unknown",
+    )
+    replay.add_argument(
+        "--since",
+        type=_iso_time,
+        metavar="TIME",
+        help="only records parked at or after TIME (ISO 8601, e.g. 2026-11-25T16:00:00Z)",
+    )
+    replay.add_argument(
+        "--until", type=_iso_time, metavar="TIME", help="only records parked at or before TIME"
+    )
+    replay.add_argument(
+        "--kind",
+        action="append",
+        metavar="KIND",
+        help="only this kind; repeatable: the dlq-kind of a dead letter (invalid_json,"
+        " invalid_envelope, encode_error), the eventType of an unknown event",
+    )
+    replay.add_argument(
+        "--ticket", action="append", type=_ticket_id, metavar="ID", help="only this ticket"
+    )
+    replay.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="judge and count, publish and commit nothing",
+    )
+    replay.add_argument(
+        "--limit",
+        type=_positive_int,
+        metavar="N",
+        help="at most N selected records this run (the next run continues after them)",
+    )
+    replay.add_argument(
+        "--group",
+        metavar="GROUP",
+        help="the consumer group the progress is committed to (default:"
+        " <BRIDGE_POLLER_GROUP_ID>.replay-dlq or .replay-unknown)",
+    )
+    replay.add_argument(
+        "--restart",
+        action="store_true",
+        help="ignore the committed progress: start at --since or the beginning (what is"
+        " already on its topic is skipped)",
+    )
+    replay.add_argument(
+        "--ready-timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="S",
+        help="give up if Kafka is not reachable within S seconds (default 30)",
+    )
+    replay.set_defaults(func=_cmd_replay, parser=replay)
 
     sim = sub.add_parser(
         "simulate",

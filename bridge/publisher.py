@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
@@ -386,8 +386,13 @@ class Publisher:
 
     # -- publishing --------------------------------------------------------------------
 
-    async def publish(self, event: CanonicalEvent) -> None:
-        """Encode and publish one event; returns once Kafka acknowledged it."""
+    async def publish(
+        self, event: CanonicalEvent, *, extra_headers: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        """Encode and publish one event; returns once Kafka acknowledged it.
+
+        `extra_headers` follow the usual four (`replay` adds where the record came from).
+        """
         route = self._routes.get(event.event_type)
         if route is None:
             # An eventType the catalog lacks: the generic schema's route, the event's own type.
@@ -405,6 +410,7 @@ class Publisher:
             ("event-id", str(event.event_id).encode()),
             ("source", event.source.value.encode()),
             ("schema-fingerprint", route.fingerprint_header),
+            *extra_headers,
         ]
         key = str(event.ticket_id).encode()
         await self._send(route.topic, key, value, headers, route.topic_kind)
