@@ -546,12 +546,12 @@ class Replay:
                     " that one again, or start this one over with --restart (what is already"
                     " on its topic is skipped), or name another group with --group"
                 )
-        if committed:
-            for tp, done in committed.items():
-                starts[tp] = max(beginnings[tp], done.offset)
-        elif selection.since_ms is not None:
-            found = await consumer.offsets_for_times(dict.fromkeys(tps, selection.since_ms))
-            for tp in tps:
+        for tp, done in committed.items():
+            starts[tp] = max(beginnings[tp], done.offset)
+        fresh = [tp for tp in tps if tp not in committed]
+        if fresh and selection.since_ms is not None:
+            found = await consumer.offsets_for_times(dict.fromkeys(fresh, selection.since_ms))
+            for tp in fresh:
                 at = found.get(tp)
                 starts[tp] = ends[tp] if at is None else max(beginnings[tp], at.offset)
         return starts, ends
