@@ -75,6 +75,8 @@ _BATCH: Final = 500
 _FETCH_MS: Final = 500
 _METADATA_VERSION: Final = 1
 _REASON_CHARS: Final = 120
+# A read without progress for this long means the broker stopped answering.
+_STALL_SECONDS: Final = 20.0
 _INDEX: Final = re.compile(r"\.\d+(?=\.|:|$)")
 
 SourceName = Literal["dlq", "unknown"]
@@ -501,7 +503,7 @@ class Replay:
             starts, ends = await self._positions(consumer, tps)
             stops, targets, candidates = await self._select(consumer, starts, ends)
         finally:
-            await consumer.stop()
+            await _stop(consumer)
         target_partitions: dict[str, int] = {}
         if targets:
             target_partitions = await self._check_targets(
@@ -613,7 +615,9 @@ class Replay:
         with quiet_client_logs():
             async with ClusterClient(kafka) as cluster:
                 info = await cluster.describe(wanted)
-        missing = [t for t in sorted(targets) if not info.topics[t].exists]
+        missing = [
+            t for t in sorted(targets) if not info.topics[t].exists and not info.topics[t].denied
+        ]
         if missing and write and not kafka.create_topics:
             raise ReplayError(
                 f"{', '.join(missing)} missing and {env_name('kafka', 'create_topics')} is false."
@@ -705,7 +709,7 @@ class Replay:
                         batch = []
                 await self._batch(progress, tp, batch, index, publisher, sync, end=stops[tp])
         finally:
-            await consumer.stop()
+            await _stop(consumer)
             if progress is not None:
                 await progress.stop()
 
@@ -806,10 +810,29 @@ class Progress:
         await self._consumer.start()
 
     async def commit(self, tp: TopicPartition, offset: int) -> None:
-        await self._consumer.commit({tp: OffsetAndMetadata(offset, self._metadata)})
+        try:
+            async with asyncio.timeout(_STALL_SECONDS):
+                await self._consumer.commit({tp: OffsetAndMetadata(offset, self._metadata)})
+        except TimeoutError:
+            raise ReplayError(
+                f"committing the progress ({tp.topic}:{tp.partition} up to {offset}) did not"
+                f" succeed within {_STALL_SECONDS:g}s; a rerun goes over that batch again and"
+                " skips what landed"
+            ) from None
 
     async def stop(self) -> None:
-        await self._consumer.stop()
+        await _stop(self._consumer)
+
+
+async def _stop(consumer: AIOKafkaConsumer) -> None:
+    """Stop a consumer. aiokafka lets the cancellation of its own pending fetch escape from
+    stop() when the broker is gone; only a cancellation of ours goes on."""
+    task = asyncio.current_task()
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        if task is not None and task.cancelling():
+            raise
 
 
 async def _read(
@@ -820,14 +843,38 @@ async def _read(
         return
     consumer.assign([tp])
     consumer.seek(tp, start)
+    stall = _Stall(f"reading {tp.topic}:{tp.partition}")
     while True:
         batches = await consumer.getmany(tp, timeout_ms=_FETCH_MS, max_records=_BATCH)
         for record in batches.get(tp, ()):
             if record.offset >= stop:
                 return
             yield record
-        if await consumer.position(tp) >= stop:
+        position = await consumer.position(tp)
+        if position >= stop:
             return
+        stall.check(position)
+
+
+class _Stall:
+    """A read that makes no progress for a while: the broker stopped answering (aiokafka's
+    consumer retries quietly forever)."""
+
+    def __init__(self, what: str, seconds: float = _STALL_SECONDS) -> None:
+        self._what = what
+        self._seconds = seconds
+        self._position: object = None
+        self._since = time.monotonic()
+
+    def check(self, position: object) -> None:
+        now = time.monotonic()
+        if position != self._position:
+            self._position, self._since = position, now
+        elif now - self._since > self._seconds:
+            raise ReplayError(
+                f"{self._what}: no progress for {self._seconds:g}s (is Kafka up?); a rerun"
+                " continues from the last committed batch"
+            )
 
 
 class Presence:
@@ -880,6 +927,7 @@ class Presence:
         consumer.assign(sorted(behind))
         for tp in behind:
             consumer.seek(tp, self._next[tp])
+        stall = _Stall("reading the target topics")
         while behind:
             batches = await consumer.getmany(*behind, timeout_ms=_FETCH_MS, max_records=5000)
             for tp, records in batches.items():
@@ -895,6 +943,7 @@ class Presence:
                 self._next[tp] = position
                 if position >= behind[tp]:
                     del behind[tp]
+            stall.check(tuple(sorted(self._next.values())))
 
     def has(self, topic: str, event_id: int) -> bool:
         return event_id in self._found.get(topic, ())
@@ -904,7 +953,7 @@ class Presence:
 
     async def stop(self) -> None:
         if self._consumer is not None:
-            await self._consumer.stop()
+            await _stop(self._consumer)
             self._consumer = None
 
 
