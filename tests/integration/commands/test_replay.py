@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AclOperation
 
 from bridge import dlq
@@ -317,16 +317,25 @@ async def test_replay_beside_a_running_bridge_publishes_once_and_the_bridge_know
 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """The replay's committed progress, summed over the partitions."""
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
     )
+    deadline = time.monotonic() + 20
     try:
-        found = consumer.committed(
-            [TopicPartition(topic, p) for p in range(partitions)], timeout=10
-        )
+        while True:
+            try:
+                found = consumer.committed(
+                    [TopicPartition(topic, p) for p in range(partitions)], timeout=10
+                )
+                return sum(max(0, tp.offset) for tp in found)
+            except KafkaException:
+                # The group's coordinator loading or moving (a fresh cluster): retried.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         consumer.close()
-    return sum(max(0, tp.offset) for tp in found)
 
 
 def landed(bootstrap: str, topic: str, partitions: int) -> int:
