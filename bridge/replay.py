@@ -178,11 +178,10 @@ class Verdict:
 def _reason(exc: InvalidEventError) -> str:
     if exc.kind == "invalid_json":
         return "invalid_json"
+    # The first problem names the reason; positions in lists vary from record to record:
+    # one reason for all of them.
     first = str(exc.problems[0]) if exc.problems else exc.reason
-    # Positions in lists vary from record to record: one reason for all of them.
-    first = _INDEX.sub(".*", first)
-    more = f" (+{len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
-    return _clip(f"{exc.kind}: {first}{more}")
+    return _clip(f"{exc.kind}: {_INDEX.sub('.*', first)}")
 
 
 def _clip(text: str) -> str:
