@@ -678,6 +678,11 @@ def test_helm_test_pod_is_selected_by_no_service_budget_or_policy(
         assert not selector.items() <= labels.items(), selector
 
 
+def test_notes_say_how_to_run_the_check() -> None:
+    assert f"helm test {RELEASE} -n {NAMESPACE} --logs" in notes({})
+    assert "helm test" not in notes({"helmTest": {"enabled": False}})
+
+
 def test_helm_test_timeout_is_passed_on() -> None:
     pod = check_pod(render({"helmTest": {"timeoutSeconds": 2.5}}))
     assert pod["spec"]["containers"][0]["args"] == ["check", "--timeout", "2.5"]
