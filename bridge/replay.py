@@ -211,9 +211,19 @@ class Judge:
         return Parked(kind, ticket)
 
     def judge(self, record: Any) -> Verdict:
-        if self.source == "dlq":
-            return self._dead_letter(record)
-        return self._unknown(record)
+        verdict = self._dead_letter(record) if self.source == "dlq" else self._unknown(record)
+        # An event the schemas cannot hold (a defect, parked as encode_error) still fails:
+        # found here, it is counted, instead of stopping the run at publish time.
+        encodable = []
+        for event in verdict.events:
+            try:
+                self.codec.encode(event)
+            except CodecError as exc:
+                verdict.failures.append(_clip(f"encode_error: {exc}"))
+            else:
+                encodable.append(event)
+        verdict.events = encodable
+        return verdict
 
     def _dead_letter(self, record: Any) -> Verdict:
         verdict = Verdict()

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from bridge import dlq
 from bridge.codec import Codec, json_text
+from bridge.errors import CodecError
 from bridge.models import CanonicalEvent, Source, from_rest, from_webhook, parse_rest_item
 from bridge.models import parse_webhook as parse
 from bridge.replay import Judge, Selection, Summary, parse_time
@@ -186,6 +187,19 @@ def test_a_rest_item_parked_by_the_poller_becomes_a_poller_event_of_its_ticket()
     # Without its ticket, a REST item cannot be an event.
     verdict = Judge("dlq", CODEC).judge(dead_letter(body(item), source="POLLER"))
     assert verdict.failures == ["no ticket-id header: the polled ticket is unknown"]
+
+
+def test_an_event_the_schemas_still_cannot_hold_fails_instead_of_stopping_the_run() -> None:
+    class Broken(Codec):
+        def encode(self, event: CanonicalEvent) -> bytes:
+            if event.event_id == 1266:
+                raise CodecError("cannot encode media.OCRDone: a defect")
+            return super().encode(event)
+
+    record = dead_letter(body(SEED), dlq_kind="encode_error", source="WEBHOOK")
+    verdict = Judge("dlq", Broken()).judge(record)
+    assert verdict.events == []
+    assert verdict.failures == ["encode_error: cannot encode media.OCRDone: a defect"]
 
 
 # -- unknown events --------------------------------------------------------------------------
