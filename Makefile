@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install kafka lint format test test-unit test-integration ops-tools run bench reliability schemas docs clean
+.PHONY: install kafka lint format test test-unit test-integration ops-tools consumer-kit run bench reliability schemas vectors docs clean
 
 install: $(STAMP)
 
@@ -35,7 +35,7 @@ format: install
 	$(BIN)/ruff format bridge tests bench
 	$(BIN)/ruff check --fix bridge tests bench
 
-test: install kafka lint ops-tools
+test: install kafka lint ops-tools consumer-kit
 	$(BIN)/python -m pytest -q
 
 test-unit: install
@@ -61,14 +61,35 @@ ops-tools:
 	  fi; \
 	fi
 
+# The Java consumer kit (consumers/java): `mvn verify` generates its classes from schemas/, runs
+# its JUnit tests (they decode every record of tests/vectors) and writes target/java-vectors/,
+# which tests/vectors/test_java_vectors.py decodes in Python. The first build resolves the
+# pinned artifacts from Maven Central; once one succeeded (stamp newer than the pom) it runs
+# offline (-o). Without Maven it says so and the Python side skips.
+KIT := consumers/java
+MVN := mvn -q -B -Dstyle.color=never -Djansi.force=false
+consumer-kit:
+	@if ! command -v mvn >/dev/null 2>&1; then \
+	  echo "consumer-kit: Maven (mvn) not found: the Java kit is not built and its tests do not run"; \
+	elif [ -f $(KIT)/target/.resolved ] && [ $(KIT)/target/.resolved -nt $(KIT)/pom.xml ]; then \
+	  cd $(KIT) && $(MVN) -o verify; \
+	else \
+	  cd $(KIT) && $(MVN) verify && touch target/.resolved; \
+	fi
+
 # The fault scenarios of tests/reliability/scenarios.py at full size (several minutes, its own
 # tansu brokers); prints the table. CI runs them reduced: tests/integration/test_reliability.py.
 reliability: install
-	$(BIN)/python -m tests.reliability.scenarios --size full
+	$(BIN)/python -m tests.reliability.run --size full
 
 # Regenerate schemas/ from the catalog (the test suite proves files and catalog agree).
 schemas: install
 	$(BIN)/apizee-bridge schemas schemas --write
+
+# Regenerate the cross-language test vectors (tests/vectors/README.md); the suite proves the
+# committed ones are what the codec writes.
+vectors: install
+	$(BIN)/python -m tests.vectors.generate
 
 # Regenerate the README's generated blocks (config variables, event catalog).
 docs: install

@@ -55,6 +55,8 @@ class Tracking:
 
     @property
     def not_ready_reason(self) -> str | None:
+        if self.sync.problem is not None:
+            return self.sync.problem
         return None if self.sync.restored.is_set() else "ticket state not restored yet"
 
     def seen(self, ticket_id: int, event_id: int) -> bool:

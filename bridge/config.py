@@ -682,7 +682,11 @@ class PollerSettings(_Section):
     group_session_timeout_ms: int = Field(
         default=10_000,
         ge=1000,
-        description="Session timeout of that group: how soon a dead replica's tickets move.",
+        description=(
+            "Session timeout of that group: how soon a dead replica's tickets move. Within the"
+            " broker's group.min.session.timeout.ms (Kafka's default: 6000) and"
+            " group.max.session.timeout.ms."
+        ),
     )
     group_heartbeat_interval_ms: int = Field(
         default=3_000, ge=100, description="Heartbeat interval of that group (ms)."

@@ -152,6 +152,10 @@ KAFKA_READY = Gauge(
     "1 when the producer is connected and its cluster metadata is fresh, else 0.",
     multiprocess_mode="livemin",
 )
+KAFKA_CONNECT_FAILURES = Counter(
+    f"{PREFIX}_kafka_connect_failures_total",
+    "Failed attempts to connect the producer (refused login, untrusted certificate, down).",
+)
 KAFKA_METADATA_AGE = Gauge(
     f"{PREFIX}_kafka_metadata_age_seconds",
     "Seconds since cluster metadata was last fetched successfully.",
@@ -274,7 +278,8 @@ STATE_WRITES = Counter(
 )
 STATE_ERRORS = Counter(
     f"{PREFIX}_state_errors_total",
-    "State topic problems, by kind: write (flush failed, retried), corrupt_record (skipped).",
+    "State topic problems, by kind: write (flush failed, retried), corrupt_record (skipped),"
+    " group (the poller's consumer group refused, e.g. no Read ACL; retried).",
     ["kind"],
 )
 STATE_RESTORE_SECONDS = Gauge(

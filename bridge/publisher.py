@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +20,8 @@ from typing import Any, Final
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaError, SaslAuthenticationFailed, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 
 from bridge import dlq, metrics
@@ -135,6 +137,54 @@ def connection_kwargs(settings: KafkaSettings) -> dict[str, Any]:
     return kwargs
 
 
+async def diagnose_connection(settings: KafkaSettings) -> str | None:
+    """Why the bridge cannot connect, in words an operator can act on, or None.
+
+    aiokafka reports any bootstrap failure as KafkaConnectionError("Unable to bootstrap");
+    one connection of our own to each bootstrap server, with the same security settings,
+    shows the real cause: a refused SASL login (and its mechanism) or the TLS certificate
+    problem. Broker messages and certificate errors hold no secret.
+    """
+    kwargs = connection_kwargs(settings)
+    for address in settings.bootstrap_servers.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            conn = await create_conn(
+                host,
+                int(port),
+                client_id=kwargs["client_id"],
+                request_timeout_ms=kwargs["request_timeout_ms"],
+                ssl_context=kwargs.get("ssl_context"),
+                security_protocol=kwargs["security_protocol"],
+                sasl_mechanism=kwargs.get("sasl_mechanism"),
+                sasl_plain_username=kwargs.get("sasl_plain_username"),
+                sasl_plain_password=kwargs.get("sasl_plain_password"),
+            )
+        except ssl.SSLCertVerificationError as exc:
+            return f"TLS certificate verify failed at {address}: {exc.verify_message}"
+        except ssl.SSLError as exc:
+            return f"TLS handshake with {address} failed: {exc.reason or exc}"
+        except (SaslAuthenticationFailed, KeyError, ValueError) as exc:
+            # The broker's words ("Invalid username or password"); SCRAM's client raises
+            # KeyError/ValueError on an error in the server's final message.
+            detail = exc.args[0] if isinstance(exc, SaslAuthenticationFailed) and exc.args else ""
+            return (
+                f"SASL {settings.sasl_mechanism} authentication failed for user"
+                f" {settings.sasl_username!r} at {address}{f': {detail}' if detail else ''}"
+            )
+        except (OSError, TimeoutError) as exc:
+            return (
+                f"{address} unreachable: {exc.strerror or type(exc).__name__}"
+                if isinstance(exc, OSError)
+                else f"{address}: no answer within {kwargs['request_timeout_ms']} ms"
+            )
+        except KafkaError as exc:
+            return f"{address}: {type(exc).__name__}"
+        else:
+            conn.close()
+    return None
+
+
 def _error_kind(exc: BaseException) -> str:
     name = type(exc).__name__
     if isinstance(exc, PublishTimeoutError | TimeoutError):
@@ -184,6 +234,12 @@ class Publisher:
         self._in_flight = 0
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()
+        # Since when every publish failed (none acknowledged in between), and how the last
+        # one failed: a cluster below min.insync.replicas still answers metadata, so only
+        # the publishes themselves show it (readiness reports it, publishing goes on).
+        self._failing_since: float | None = None
+        self._last_failure_at = 0.0
+        self._last_failure = ""
 
     def _build_routes(self) -> dict[str, _Route]:
         routes = {}
@@ -231,7 +287,47 @@ class Publisher:
 
     @property
     def not_ready_reason(self) -> str | None:
-        return None if self._healthy else self._not_ready_reason
+        # Both when both hold: a broker answers metadata on the connection that carries the
+        # produce requests, one request at a time, so produce requests waiting for replicas
+        # that never come make the metadata check time out too; the stall says why.
+        reasons = [] if self._healthy else [self._not_ready_reason]
+        if (stalled := self.stalled_reason) is not None:
+            reasons.append(stalled)
+        return "; ".join(reasons) or None
+
+    @property
+    def stalled_reason(self) -> str | None:
+        """Why readiness fails while Kafka is connected but acknowledges no publish: set once
+        publishes have failed for a publish timeout with no acknowledgement in between.
+
+        Half-open, like a circuit breaker: once metadata answers and no publish has failed
+        for two timeouts, the bridge says ready again, so that traffic (which a load balancer
+        sends only to ready pods) can find out whether Kafka is back; the next failure says
+        not ready again.
+        """
+        since = self._failing_since
+        now = time.monotonic()
+        if since is None:
+            return None
+        stalled = now - since
+        # Unhealthy, publishes are refused without trying: no failure comes to renew it, and
+        # the stall stays the likeliest cause until metadata answers again.
+        if self._healthy and (
+            stalled < self._timeout or now - self._last_failure_at > 2 * self._timeout
+        ):
+            return None
+        return (
+            f"Kafka acknowledged no publish for {stalled:.0f}s (last: {self._last_failure});"
+            " partitions below min.insync.replicas, or their leaders unreachable"
+        )
+
+    def _failed(self, failure: str) -> None:
+        now = time.monotonic()
+        if self._failing_since is None or now - self._last_failure_at > 2 * self._timeout:
+            self._failing_since = now
+        self._last_failure_at = now
+        self._last_failure = failure
+        self._wake.set()
 
     async def wait_ready(self) -> None:
         """Until connected with every required topic present."""
@@ -316,12 +412,17 @@ class Publisher:
     async def _supervise(self) -> None:
         """Connect with backoff, then check health forever; reconnect topics when they vanish."""
         backoff = 0.5
+        logged = ""
         while self._producer is None:
             try:
                 self._producer = await self._connect()
             except _CONNECT_ERRORS as exc:
-                self._set_health(False, f"cannot connect: {type(exc).__name__}")
-                log.warning("kafka_connect_failed", error=type(exc).__name__, retry_in=backoff)
+                cause = await diagnose_connection(self._settings) or type(exc).__name__
+                self._set_health(False, f"cannot connect: {cause}")
+                metrics.KAFKA_CONNECT_FAILURES.inc()
+                if cause != logged:  # one line per cause, not one per retry
+                    log.warning("kafka_connect_failed", reason=cause, retry_in=backoff)
+                    logged = cause
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
         log.info("kafka_connected", bootstrap_servers=self._settings.bootstrap_servers)
@@ -479,12 +580,20 @@ class Publisher:
                 deadline.task = None
         except TimeoutError:
             metrics.PUBLISH_ERRORS.labels(kind="timeout").inc()
-            self._wake.set()
+            self._failed(f"no acknowledgement within {self._timeout:g}s")
             raise PublishTimeoutError(f"no acknowledgement within {self._timeout}s") from None
         except KafkaError as exc:
-            metrics.PUBLISH_ERRORS.labels(kind=_error_kind(exc)).inc()
-            self._wake.set()
+            kind = _error_kind(exc)
+            metrics.PUBLISH_ERRORS.labels(kind=kind).inc()
+            if kind == "rejected":
+                # One topic refusing (no Write ACL, record too large) says nothing of the
+                # cluster: the webhook gets its 503, readiness stays as it is.
+                log.warning("publish_rejected", topic=topic, error=type(exc).__name__)
+                self._wake.set()
+            else:
+                self._failed(type(exc).__name__)
             raise KafkaUnavailableError(type(exc).__name__) from exc
         finally:
             self._in_flight -= 1
+        self._failing_since = None
         self._duration_by(topic_kind).observe(time.perf_counter() - started)

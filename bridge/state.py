@@ -339,6 +339,8 @@ class StateSync:
         self._pending_assign: set[int] = set()
         self._restore_started = 0.0
         self.restored = asyncio.Event()
+        # Why the group cannot be read (a missing ACL, say), while it lasts: readiness says it.
+        self.problem: str | None = None
 
     async def start(self) -> None:
         self._tasks = [
@@ -504,8 +506,26 @@ class StateSync:
             self._consumer = consumer
         consumer = self._consumer
         consumer.subscribe([self.topic], listener=_Rebalance(self))
+        backoff = 0.5
         while True:
-            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            try:
+                batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            except KafkaError as exc:
+                # E.g. GroupAuthorizationFailed, TopicAuthorizationFailed: the consumer joins
+                # again on the next call; until then readiness names the group and the error.
+                problem = (
+                    f"poller group {poller.group_id!r} on {self.topic}: {type(exc).__name__}"
+                    " (the principal needs Read on the group and on the topic)"
+                )
+                if problem != self.problem:
+                    log.warning("state_group_failed", reason=problem, retry_in=backoff)
+                self.problem = problem
+                metrics.STATE_ERRORS.labels(kind="group").inc()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            self.problem = None
+            backoff = 0.5
             for tp, records in batches.items():
                 self._merge(records)
                 end = self._restoring.get(tp.partition)

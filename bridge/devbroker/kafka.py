@@ -422,8 +422,8 @@ class KafkaCluster:
                 "kafka.tools.StorageTool",
                 "format",
                 "--ignore-formatted",
-                "--cluster-id",
-                self.cluster_id,
+                # One argument: an id may start with "-", which argparse takes for an option.
+                f"--cluster-id={self.cluster_id}",
                 "--config",
                 str(node.config_path),
                 *scram,
@@ -470,6 +470,8 @@ class KafkaCluster:
             "min.insync.replicas": str(min(2, count)),
             "default.replication.factor": replicas,
             "group.initial.rebalance.delay.ms": "0",
+            # The tests run consumer groups with 2 s session timeouts (the broker's floor is 6 s).
+            "group.min.session.timeout.ms": "1000",
             # A dead node is fenced after 6 s rather than 9 s: failover tests stay short.
             "broker.session.timeout.ms": "6000",
             "broker.heartbeat.interval.ms": "1000",

@@ -282,7 +282,6 @@ def process_env(bootstrap: str, prefix: str, **variables: str) -> dict[str, str]
     env = bridge_env(
         BRIDGE_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
         BRIDGE_KAFKA_TOPIC_PREFIX=prefix,
-        BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="false",
         BRIDGE_KAFKA_TOPIC_PARTITIONS="3",
         BRIDGE_INGRESS_HOST="127.0.0.1",
         BRIDGE_INGRESS_PORT="0",

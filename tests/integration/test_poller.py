@@ -570,7 +570,6 @@ def cli_env(bootstrap: str, prefix: str, **variables: str) -> dict[str, str]:
     env.update(
         BRIDGE_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
         BRIDGE_KAFKA_TOPIC_PREFIX=prefix,
-        BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="false",
         BRIDGE_KAFKA_TOPIC_PARTITIONS="4",
         BRIDGE_KAFKA_TOPIC_REPLICATION_FACTOR="1",
         BRIDGE_AUTH_TOKEN=TOKEN,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bridge.devbroker import TansuBroker
+from bridge.devbroker import KafkaCluster
 from tests.reliability import scenarios
 from tests.reliability.scenarios import CI, Row
 
@@ -33,14 +33,14 @@ def _check(row: Row, record_property: RecordProperty) -> None:
 
 
 async def test_broker_killed_and_restarted(
-    durable_tansu_broker: TansuBroker,
+    own_kafka: KafkaCluster,
     topic_prefix: str,
     tmp_path: Path,
     record_property: RecordProperty,
 ) -> None:
-    # Always a tansu of its own (it is killed), on durable storage: every acknowledged id
-    # counts, those acknowledged before the kill included.
-    row = await scenarios.broker_restart(durable_tansu_broker, topic_prefix, tmp_path, CI)
+    # A cluster of its own (its only node is killed): every acknowledged id counts, those
+    # acknowledged before the kill included.
+    row = await scenarios.broker_restart(own_kafka, topic_prefix, tmp_path, CI)
     _check(row, record_property)
     assert 0 < row.details["acked_before"] < row.events, "the kill came before or after the load"
     assert row.details["lost_acked"] == 0

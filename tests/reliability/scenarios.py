@@ -15,21 +15,18 @@ runs every scenario at CI size; `make reliability` runs `python -m tests.reliabi
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import signal
-import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
 import aiohttp
 
-from bridge.devbroker import S3Store, TansuBroker, free_port
+from bridge.devbroker import KafkaCluster, free_port
 from bridge.simulator import (
     FaultWindow,
     RestFaults,
@@ -54,19 +51,15 @@ class Size:
     outage_seconds: float = 2.0  # broker down (1), REST outage (4)
     settle_within: float = 60.0  # deadline for Kafka to hold every expected id
     seed: int = 7
-    # Deadline for one read of the event topics. Tansu on S3 (scenario 1) fetches one batch
-    # per request from moto, tens a second: at full size a read takes a minute or more.
+    # Deadline for one read of the event topics.
     read_within: float = 30.0
 
 
 CI: Final = Size(tickets=8, load_seconds=5.0, outage_seconds=2.0, settle_within=45.0)
 FULL: Final = Size(
-    tickets=100, load_seconds=30.0, outage_seconds=10.0, settle_within=180.0, read_within=180.0
+    tickets=100, load_seconds=30.0, outage_seconds=10.0, settle_within=180.0, read_within=60.0
 )
 FULL_REST_OUTAGE: Final = 120.0  # scenario 4's outage at full size
-# Scenario 1's tickets at most: its tansu stores on moto's S3, where a fetch lists every
-# object of the partition, one per produced batch; reading 100 tickets back takes minutes.
-DURABLE_TICKETS: Final = 40
 
 
 @dataclass
@@ -295,16 +288,15 @@ def _send(sim: Simulator, url: str, **options: object) -> asyncio.Task[SendRepor
 # -- 1. broker killed and restarted ---------------------------------------------------------
 
 
-async def broker_restart(broker: TansuBroker, prefix: str, logs: Path, size: Size) -> Row:
-    """The broker is killed under steady load and restarted on the same port.
+async def broker_restart(broker: KafkaCluster, prefix: str, logs: Path, size: Size) -> Row:
+    """The only broker of a single-node cluster is killed under steady load and restarted
+    on the same port and disk.
 
-    `broker` must have durable storage (`TansuBroker(storage=S3Store())`): a real broker keeps
-    what it acknowledged, so every acked id counts, those acked before the kill included,
-    as does every id the REST API lists. Recovery runs from the restart until Kafka holds
-    every recorded id.
+    Every acked id counts, those acked before the kill included, as does every id the REST
+    API lists. Recovery runs from the restart until Kafka holds every recorded id.
     """
-    if broker.storage is None:
-        raise ValueError("scenario 1 needs a broker with durable storage (storage=S3Store())")
+    if len(broker.nodes) != 1:
+        raise ValueError("scenario 1 kills the only broker: give it a single-node cluster")
     async with Harness(broker.bootstrap_servers, prefix, logs) as h:
         port = free_port()
         bridge = await h.start(port)
@@ -312,12 +304,12 @@ async def broker_restart(broker: TansuBroker, prefix: str, logs: Path, size: Siz
         async with Simulator(_sim_config(size, h.rest_port)) as sim:
             sending = _send(sim, bridge.client.webhook_url)
             await _recorded(sim, 0.35, size.load_seconds * 3 + 10)
-            await asyncio.to_thread(broker.kill)
+            await asyncio.to_thread(broker.kill, 1)
             await bridge.client.wait_ready(20, ready=False)
             # Every answer the broker acknowledged before it died has reached the sender.
             acked_before = sim.acked_ids()
             await asyncio.sleep(size.outage_seconds)  # the outage itself, not a sync
-            await asyncio.to_thread(broker.restart)
+            await asyncio.to_thread(broker.start_node, 1)
             recovery.start(sim.recorded_ids(), size.settle_within)
             sent = await sending
             row = await _settle(h, "1 broker killed+restarted", sim, sent, recovery, size)
@@ -328,7 +320,7 @@ async def broker_restart(broker: TansuBroker, prefix: str, logs: Path, size: Siz
         filter(
             None,
             [
-                f"durable tansu (S3 on moto); {len(acked_before)} acked before the kill,"
+                f"{len(acked_before)} acked before the kill,"
                 f" {len(lost_acked)} of them not in Kafka",
                 row.note,
             ],
@@ -551,69 +543,3 @@ SLOWLORIS_ROW: Final = Row(
     note="covered by tests/integration/test_slowloris.py (pass/fail only, no event counts):"
     " not re-run here",
 )
-
-
-Scenario = Callable[[Path], Awaitable[Row]]
-
-
-async def run_all(size: Size, rest_outage: float, logs: Path, only: set[str] | None) -> list[Row]:
-    rows: list[Row] = []
-    stamp = f"rel.{int(time.time())}"
-
-    def wanted(n: str) -> bool:
-        return only is None or n in only
-
-    if wanted("1"):
-        with (
-            S3Store(log_path=logs / "moto-1.log") as store,
-            TansuBroker(log_path=logs / "tansu-1.log", storage=store) as own,
-        ):
-            size1 = replace(size, tickets=min(size.tickets, DURABLE_TICKETS))
-            rows.append(await broker_restart(own, f"{stamp}.1", logs, size1))
-            if size1 != size:
-                rows[-1].note += f"; {size1.tickets} tickets (S3 on moto reads slowly)"
-            print(table(rows[-1:]).splitlines()[1], flush=True)
-    with TansuBroker(log_path=logs / "tansu.log") as broker:
-        boot = broker.bootstrap_servers
-        steps: list[tuple[str, Callable[[], Awaitable[Row]]]] = [
-            ("2", lambda: bridge_signal(boot, f"{stamp}.2", logs, size, signal.SIGTERM)),
-            ("3", lambda: bridge_signal(boot, f"{stamp}.3", logs, size, signal.SIGKILL)),
-            (
-                "4",
-                lambda: rest_storm(
-                    boot, f"{stamp}.4", logs, replace(size, outage_seconds=rest_outage)
-                ),
-            ),
-            ("5", lambda: replica_killed(boot, f"{stamp}.5", logs, size)),
-        ]
-        for name, step in steps:
-            if wanted(name):
-                rows.append(await step())
-                print(table(rows[-1:]).splitlines()[1], flush=True)
-    rows.append(SLOWLORIS_ROW)
-    return rows
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=("ci", "full"), default="full")
-    parser.add_argument("--only", nargs="*", help="scenario numbers, e.g. 1 3")
-    parser.add_argument("--logs", type=Path, default=None, help="keep bridge/broker logs here")
-    args = parser.parse_args(argv)
-    size = FULL if args.size == "full" else CI
-    rest_outage = FULL_REST_OUTAGE if args.size == "full" else CI.outage_seconds
-    with contextlib.ExitStack() as stack:
-        logs = args.logs or Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        logs.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
-        rows = asyncio.run(run_all(size, rest_outage, logs, set(args.only) if args.only else None))
-    print()
-    print(f"reliability ({args.size}: {size.tickets} tickets, load {size.load_seconds:g}s,"
-          f" broker down {size.outage_seconds:g}s, REST outage {rest_outage:g}s;"
-          f" {time.monotonic() - started:.0f}s in all)")  # fmt: skip
-    print(table(rows))
-    return 1 if any(r.missing for r in rows) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

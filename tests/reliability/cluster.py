@@ -1,0 +1,324 @@
+"""Failover scenarios that only a real cluster can carry: 3 Apache Kafka nodes (KRaft, combined
+broker+controller), the bridge's topics at replication factor 3 with min.insync.replicas=2,
+and the bridge as a process (`apizee-bridge run`, default producer: idempotent, acks=all).
+
+A sender posts every webhook until it is answered 200 (503s and connection errors retried
+after a short pause, as Apizee retries), `concurrency` at a time, while a node is killed,
+restarted or two are taken down. Then confluent-kafka reads the event topics back:
+
+    missing = ids answered 200 - ids in Kafka          (must be 0)
+    duplicates = records beyond the first per event id (reported: at-least-once)
+
+plus the 503s the sender met and the longest time without any 200 during the load.
+tests/integration/test_cluster.py runs these at CI size; `make reliability` at full size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+
+from bridge.catalog import EVENTS
+from bridge.devbroker import KafkaCluster
+from bridge.publisher import TopicNames
+from tests.integration import kafkakit
+from tests.integration.bridgeproc import (
+    TOKEN,
+    TOKEN_HEADER,
+    BridgeClient,
+    BridgeProcess,
+    process_env,
+    webhook,
+)
+from tests.integration.pollerkit import read_events
+from tests.reliability.scenarios import Row
+
+_FIXTURES: Final = Path(__file__).parents[1] / "fixtures"
+SEED_PROPS: Final[dict[str, dict[str, Any]]] = json.loads(
+    (_FIXTURES / "seed_props_examples.json").read_text()
+)
+START_WITHIN: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSize:
+    webhooks: int = 2000
+    concurrency: int = 32
+    tickets: int = 60
+    settle_within: float = 90.0  # every 200'd id read back within this
+
+
+CI: Final = LoadSize()
+FULL: Final = LoadSize(webhooks=10_000, concurrency=32, tickets=200, settle_within=180.0)
+
+
+def bodies(size: LoadSize, first_id: int = 1) -> list[dict[str, Any]]:
+    """`size.webhooks` seed-shaped webhooks of every event type, spread over the tickets."""
+    types = list(SEED_PROPS)
+    return [
+        webhook(
+            types[n % len(types)],
+            SEED_PROPS[types[n % len(types)]],
+            event_id=first_id + n,
+            ticket_id=100_000 + n % size.tickets,
+        )
+        for n in range(size.webhooks)
+    ]
+
+
+def busiest_topic(prefix: str) -> str:
+    """The category topic that gets the most of `bodies()` (the most event types)."""
+    categories = Counter(EVENTS[t].category for t in SEED_PROPS)
+    return TopicNames(prefix).category(categories.most_common(1)[0][0])
+
+
+@dataclass
+class Load:
+    """Posts each body until 200 (or the deadline), `concurrency` at a time."""
+
+    url: str
+    bodies: list[dict[str, Any]]
+    concurrency: int
+    retry_within: float = 120.0
+    acked: set[int] = field(default_factory=set)
+    statuses: Counter[int | str] = field(default_factory=Counter)
+    ok_times: list[float] = field(default_factory=list)
+    gave_up: set[int] = field(default_factory=set)
+    started: float = 0.0
+    ended: float = 0.0
+
+    async def run(self) -> Load:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        for body in self.bodies:
+            queue.put_nowait(body)
+        self.started = time.monotonic()
+        timeout = aiohttp.ClientTimeout(total=30)
+        connector = aiohttp.TCPConnector(limit=self.concurrency)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            await asyncio.gather(*(self._worker(session, queue) for _ in range(self.concurrency)))
+        self.ended = time.monotonic()
+        return self
+
+    async def _worker(
+        self, session: aiohttp.ClientSession, queue: asyncio.Queue[dict[str, Any]]
+    ) -> None:
+        headers = {"Content-Type": "application/json", TOKEN_HEADER: TOKEN}
+        while not queue.empty():
+            body = queue.get_nowait()
+            data = json.dumps(body).encode()
+            deadline = time.monotonic() + self.retry_within
+            while True:
+                try:
+                    async with session.post(self.url, data=data, headers=headers) as response:
+                        await response.read()
+                        status: int | str = response.status
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    status = type(exc).__name__
+                self.statuses[status] += 1
+                if status in (200, 202):
+                    self.acked.add(body["objectId"])
+                    self.ok_times.append(time.monotonic())
+                    break
+                if status != 503 and isinstance(status, int):
+                    raise AssertionError(f"event {body['objectId']}: HTTP {status}")
+                if time.monotonic() >= deadline:
+                    self.gave_up.add(body["objectId"])
+                    break
+                await asyncio.sleep(0.2)
+
+    def longest_without_200(self, since: float | None = None) -> float:
+        """The longest stretch of the load with no 200 answered (seconds)."""
+        start = since or self.started
+        times = sorted([start, *(t for t in self.ok_times if t > start), self.ended or start])
+        return max(b - a for a, b in itertools.pairwise(times))
+
+
+@contextlib.asynccontextmanager
+async def bridge_on(
+    cluster: KafkaCluster, prefix: str, logs: Path, **variables: str
+) -> AsyncIterator[tuple[BridgeProcess, BridgeClient]]:
+    """`apizee-bridge run` on the cluster, default producer and topic settings, no poller."""
+    defaults = {
+        "BRIDGE_INGRESS_ACCESS_LOG": "false",
+        "BRIDGE_KAFKA_PUBLISH_TIMEOUT_SECONDS": "5",
+        "BRIDGE_INGRESS_RETRY_AFTER_SECONDS": "1",
+    }
+    env = process_env(cluster.bootstrap_servers, prefix, **{**defaults, **variables})
+    process = await BridgeProcess.start(["run"], env, logs / f"{prefix}.bridge.log")
+    try:
+        (where,) = (await process.wait_events("listening", 1, START_WITHIN))[-1:]
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            client = BridgeClient(
+                where["webhook_url"], f"http://127.0.0.1:{where['admin_port']}", session
+            )
+            await client.wait_ready(START_WITHIN)
+            yield process, client
+    finally:
+        await process.kill()
+
+
+async def _until(condition: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {within:g}s: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _row(
+    name: str, cluster: KafkaCluster, prefix: str, load: Load, size: LoadSize, fault_at: float
+) -> Row:
+    """Read back until every 200'd id is there (or the deadline); the table row."""
+    deadline = time.monotonic() + size.settle_within
+    while True:
+        census = await read_events(cluster.bootstrap_servers, prefix, within=60)
+        missing = census.missing(load.acked)
+        if not missing or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(1.0)
+    row = Row(
+        scenario=name,
+        events=len(load.bodies),
+        sent=len(load.bodies),
+        acked=len(load.acked),
+        in_kafka=len(census.counts),
+        missing=len(missing),
+        duplicates=sum(census.counts.values()) - len(census.counts),
+        recover_s=None,
+        missing_ids=sorted(missing)[:20],
+    )
+    outage = load.longest_without_200(since=fault_at)
+    row.details.update(
+        status_503=load.statuses[503],
+        errors=sum(v for k, v in load.statuses.items() if not isinstance(k, int)),
+        gave_up=len(load.gave_up),
+        longest_without_200_ms=round(outage * 1000),
+    )
+    row.recover_s = outage
+    row.note = (
+        f"{load.statuses[503]} answers 503, {row.details['errors']} connection errors;"
+        f" longest without a 200: {outage:.1f}s; load {load.ended - load.started:.1f}s at"
+        f" concurrency {load.concurrency}"
+    )
+    return row
+
+
+# -- the leader of a busy partition SIGKILLed mid-load ---------------------------------------
+
+
+async def leader_kill(cluster: KafkaCluster, prefix: str, logs: Path, size: LoadSize) -> Row:
+    async with bridge_on(cluster, prefix, logs) as (_, client):
+        load = Load(client.webhook_url, bodies(size), size.concurrency)
+        sending = asyncio.create_task(load.run())
+        await _until(lambda: len(load.acked) >= size.webhooks // 3, 120, "a third acked")
+        topic = busiest_topic(prefix)
+        leader = (await asyncio.to_thread(kafkakit.leaders, cluster.bootstrap_servers, topic))[0]
+        fault_at = time.monotonic()
+        await asyncio.to_thread(cluster.kill, leader)
+        acked_at_kill = len(load.acked)
+        await sending
+        row = await _row("7 partition leader SIGKILLed", cluster, prefix, load, size, fault_at)
+    await asyncio.to_thread(cluster.start_node, leader)
+    row.details.update(killed_node=leader, acked_before_kill=acked_at_kill)
+    row.note = f"node {leader} (leader of {topic}-0) killed after {acked_at_kill} acks; " + row.note
+    return row
+
+
+# -- every node restarted in turn under load -------------------------------------------------
+
+
+async def rolling_restart(cluster: KafkaCluster, prefix: str, logs: Path, size: LoadSize) -> Row:
+    topics = TopicNames(prefix).events()
+    async with bridge_on(cluster, prefix, logs) as (_, client):
+        load = Load(client.webhook_url, bodies(size), size.concurrency)
+        sending = asyncio.create_task(load.run())
+        await _until(lambda: len(load.acked) >= size.webhooks // 10, 120, "a tenth acked")
+        fault_at = time.monotonic()
+        restarted = 0
+        for node in cluster.nodes:
+            # As an operator would: the next node goes down only once every partition has its
+            # three replicas in sync again.
+            await asyncio.to_thread(cluster.restart, node.node_id)
+            await asyncio.to_thread(
+                kafkakit.wait_fully_replicated, cluster.bootstrap_servers, topics, 3, 90
+            )
+            restarted += 1
+        restart_seconds = time.monotonic() - fault_at
+        await sending
+        row = await _row("8 rolling restart of 3 nodes", cluster, prefix, load, size, fault_at)
+    row.details.update(restarted=restarted)
+    row.note = f"{restarted} nodes restarted in {restart_seconds:.0f}s; " + row.note
+    return row
+
+
+# -- two of three nodes down: below min.insync.replicas --------------------------------------
+
+
+@dataclass
+class IsrOutage:
+    row: Row
+    answers_during: Counter[int | str]
+    readyz_during: dict[str, Any]
+    recovered_within: float
+
+
+async def isr_outage(
+    cluster: KafkaCluster, prefix: str, logs: Path, size: LoadSize, outage_seconds: float = 15.0
+) -> IsrOutage:
+    """Two nodes killed: no write can reach min.insync.replicas=2. The bridge must answer 503
+    (never 200), say why on /readyz, and publish again by itself once one node is back."""
+    async with bridge_on(cluster, prefix, logs, BRIDGE_KAFKA_PUBLISH_TIMEOUT_SECONDS="3") as (
+        process,
+        client,
+    ):
+        before = await Load(client.webhook_url, bodies(LoadSize(webhooks=100)), 8).run()
+        assert len(before.acked) == 100, before.statuses
+        down = [n.node_id for n in cluster.nodes[1:]]
+        fault_at = time.monotonic()
+        for node_id in down:
+            await asyncio.to_thread(cluster.kill, node_id)
+        # During the outage: each webhook answered once (no retry), none may be a 200.
+        during = Load(
+            client.webhook_url,
+            bodies(LoadSize(webhooks=size.concurrency * 4), first_id=500_000),
+            size.concurrency,
+            retry_within=0.0,
+        )
+        sending = asyncio.create_task(during.run())
+        await client.wait_ready(60, ready=False)
+        readyz = await client.readyz()
+        assert readyz is not None
+        await sending
+        await asyncio.sleep(max(0.0, fault_at + outage_seconds - time.monotonic()))
+        returned_at = time.monotonic()
+        await asyncio.to_thread(cluster.start_node, down[0])
+        # Recovery: the same process, no restart; a sender retrying as Apizee does.
+        await client.wait_ready(120)
+        after = await Load(
+            client.webhook_url, bodies(LoadSize(webhooks=300), first_id=600_000), 16
+        ).run()
+        recovered = time.monotonic() - returned_at
+        assert process.process.returncode is None, "the bridge exited"
+        acked = before.acked | during.acked | after.acked
+        merged = Load(client.webhook_url, [*before.bodies, *during.bodies, *after.bodies], 1)
+        merged.acked, merged.statuses = acked, during.statuses + after.statuses
+        merged.ok_times = [*during.ok_times, *after.ok_times]
+        merged.started, merged.ended = fault_at, time.monotonic()
+        row = await _row("9 2 of 3 nodes down (ISR<min)", cluster, prefix, merged, size, fault_at)
+    await asyncio.to_thread(cluster.start_node, down[1])
+    row.details.update(readyz_status=readyz.status, recovered_ms=round(recovered * 1000))
+    row.note = (
+        f"nodes {down} killed for {returned_at - fault_at:.0f}s: answers {dict(during.statuses)};"
+        f" ready and 200 again {recovered:.1f}s after node {down[0]} returned; " + row.note
+    )
+    return IsrOutage(row, during.statuses, readyz.json(), recovered)
