@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from bridge.admission import LINGER_SECONDS, PublicRunner
 from bridge.apizee import ApizeeClient
 from bridge.auth import Authenticator
 from bridge.codec import Codec
@@ -227,8 +228,10 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     ingress_settings = settings.ingress
     async with bridge_resources(settings) as ingress:
-        public = web.AppRunner(
+        public = PublicRunner(
             build_public_app(ingress),
+            max_connections=ingress_settings.max_connections,
+            retry_after_seconds=ingress_settings.retry_after_seconds,
             handle_signals=False,
             access_log=logging.getLogger("bridge.access") if ingress_settings.access_log else None,
             access_log_class=AccessLogger,
@@ -239,7 +242,11 @@ async def serve(
             keepalive_timeout=ingress_settings.request_timeout_seconds,
             # Bodies are read as sent; the handler refuses any Content-Encoding with 415.
             auto_decompress=False,
+            # A request refused before its body was read (401, 413, 503): what the sender
+            # still sends is discarded for this long, then the connection closes.
+            lingering_time=LINGER_SECONDS,
         )
+        ingress.connections = lambda: public.connections
         admin = web.AppRunner(build_admin_app(ingress), handle_signals=False, access_log=None)
         await public.setup()
         await admin.setup()

@@ -111,17 +111,26 @@ class Authenticator:
         When credentials for several methods are present and all fail, the reason is that of
         the first in the order hmac, token, basic.
         """
+        method = self.admit(headers, query, now)
+        return method if method is not None else self.verify_body(headers, body, now)
+
+    def admit(
+        self, headers: Mapping[str, str], query: Mapping[str, str], now: float
+    ) -> AuthMethod | None:
+        """Decide from the headers alone, before the body is read: the method that admits
+        the request (token, basic), None when only the body's HMAC can tell, or AuthError
+        when no presented credential can pass (a stranger's body is then never read)."""
         if self._insecure:
             return "none"
         if not isinstance(headers, CIMultiDictProxy | CIMultiDict):
             headers = CIMultiDict(headers)
         failure: AuthReason | None = None
+        hmac_pending = False
         if self._hmac_keyed is not None:
             signature = headers.get(self._hmac_header)
             if signature is not None:
-                failure = self._check_hmac(self._hmac_keyed, signature, headers, body, now)
-                if failure is None:
-                    return "hmac"
+                failure = self._hmac_headers(signature, headers)
+                hmac_pending = failure is None
         if self._token is not None:
             token = headers.get(self._token_header)
             if token is None and self._token_query_param is not None:
@@ -136,7 +145,60 @@ class Authenticator:
                 if self._check_basic(authorization[6:], self._basic_username, self._basic_password):
                     return "basic"
                 failure = failure or "bad_basic"
+        if hmac_pending:
+            return None
         raise AuthError(failure or "missing_credentials")
+
+    def verify_body(self, headers: Mapping[str, str], body: bytes, now: float) -> AuthMethod:
+        """The HMAC check `admit` left to the body: "hmac", or AuthError (its reason wins,
+        hmac being first in order)."""
+        assert self._hmac_keyed is not None
+        if not isinstance(headers, CIMultiDictProxy | CIMultiDict):
+            headers = CIMultiDict(headers)
+        signature = headers.get(self._hmac_header)
+        assert signature is not None
+        failure = self._check_hmac(self._hmac_keyed, signature, headers, body, now)
+        if failure is not None:
+            raise AuthError(failure)
+        return "hmac"
+
+    def _hmac_headers(self, signature: str, headers: Mapping[str, str]) -> AuthReason | None:
+        """What of the HMAC method the headers alone can refuse: a malformed signature, a
+        missing or malformed timestamp."""
+        if self._decode_signature(signature) is None:
+            return "bad_signature"
+        if self._timestamp_header is not None and self._timestamp(headers) is None:
+            return "bad_timestamp"
+        return None
+
+    def _decode_signature(self, signature: str) -> bytes | None:
+        signature = signature.strip()
+        if self._hmac_prefix:
+            if signature[: len(self._hmac_prefix)].lower() != self._hmac_prefix:
+                return None
+            signature = signature[len(self._hmac_prefix) :]
+        try:
+            return (
+                bytes.fromhex(signature)
+                if self._encoding == "hex"
+                else base64.b64decode(signature, validate=True)
+            )
+        except (ValueError, binascii.Error):
+            return None
+
+    def _timestamp(self, headers: Mapping[str, str]) -> str | None:
+        assert self._timestamp_header is not None
+        raw_timestamp = headers.get(self._timestamp_header)
+        if raw_timestamp is None:
+            return None
+        raw_timestamp = raw_timestamp.strip()
+        if not (
+            raw_timestamp.isascii()
+            and raw_timestamp.isdigit()
+            and len(raw_timestamp) <= _MAX_TIMESTAMP_DIGITS
+        ):
+            return None
+        return raw_timestamp
 
     def _check_hmac(
         self,
@@ -146,34 +208,16 @@ class Authenticator:
         body: bytes,
         now: float,
     ) -> AuthReason | None:
-        signature = signature.strip()
-        if self._hmac_prefix:
-            if signature[: len(self._hmac_prefix)].lower() != self._hmac_prefix:
-                return "bad_signature"
-            signature = signature[len(self._hmac_prefix) :]
-        try:
-            presented = (
-                bytes.fromhex(signature)
-                if self._encoding == "hex"
-                else base64.b64decode(signature, validate=True)
-            )
-        except (ValueError, binascii.Error):
+        presented = self._decode_signature(signature)
+        if presented is None:
             return "bad_signature"
-
         mac = keyed.copy()
         if self._timestamp_header is None:
             mac.update(body)
             return None if hmac.compare_digest(presented, mac.digest()) else "bad_signature"
 
-        raw_timestamp = headers.get(self._timestamp_header)
+        raw_timestamp = self._timestamp(headers)
         if raw_timestamp is None:
-            return "bad_timestamp"
-        raw_timestamp = raw_timestamp.strip()
-        if not (
-            raw_timestamp.isascii()
-            and raw_timestamp.isdigit()
-            and len(raw_timestamp) <= _MAX_TIMESTAMP_DIGITS
-        ):
             return "bad_timestamp"
         mac.update(raw_timestamp.encode("ascii"))
         mac.update(b".")

@@ -26,7 +26,7 @@ INT64_MAX: Final = 2**63 - 1
 class _Record(BaseModel):
     # strict: Apizee sends JSON numbers for ids and numbers; a string "42" is a defect to
     # report, not to guess at. Unknown keys are ignored here and kept by models.residual().
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 class Person(_Record):

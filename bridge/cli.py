@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="KIND",
         help="only this kind; repeatable: the dlq-kind of a dead letter (invalid_json,"
-        " invalid_envelope, encode_error), the eventType of an unknown event",
+        " invalid_envelope, record_too_large, encode_error), the eventType of an unknown event",
     )
     replay.add_argument(
         "--ticket", action="append", type=_ticket_id, metavar="ID", help="only this ticket"

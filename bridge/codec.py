@@ -19,7 +19,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from bridge.catalog import ATTRIBUTES, EVENTS
 from bridge.errors import CodecError, UnknownSchemaError
-from bridge.models import CanonicalEvent, Source
+from bridge.models import CanonicalEvent, JsonFloat, Source
 from bridge.schemas import SHARED_TYPES, Schema, all_event_schemas, schema_fingerprint
 
 SINGLE_OBJECT_MAGIC: Final = b"\xc3\x01"
@@ -62,12 +62,39 @@ class WriterSchema:
         return CONFLUENT_MAGIC + self.schema_id.to_bytes(4, "big")
 
 
+# orjson writes integers within these bounds itself; others are written as their digits.
+_ORJSON_INT_MIN: Final = -(2**63)
+_ORJSON_INT_MAX: Final = 2**64 - 1
+
+
+def _number_text(value: Any) -> orjson.Fragment:
+    if isinstance(value, JsonFloat):
+        return orjson.Fragment(value.text)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _big_ints_as_text(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if _ORJSON_INT_MIN <= value <= _ORJSON_INT_MAX:
+            return value
+        return orjson.Fragment(str(value))
+    if isinstance(value, dict):
+        return {k: _big_ints_as_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_big_ints_as_text(v) for v in value]
+    return value
+
+
 def json_text(value: Any) -> str:
-    """Compact JSON with sorted keys; stdlib fallback for integers beyond 64 bits."""
+    """Compact RFC 8259 JSON with sorted keys, never longer than the text it was parsed from:
+    numbers parsed as JsonFloat keep their text, integers beyond 64 bits their digits."""
     try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        return orjson.dumps(value, default=_number_text, option=orjson.OPT_SORT_KEYS).decode()
     except orjson.JSONEncodeError:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        # Integers beyond 64 bits (orjson refuses them): rare enough for a second pass.
+        return orjson.dumps(
+            _big_ints_as_text(value), default=_number_text, option=orjson.OPT_SORT_KEYS
+        ).decode()
 
 
 def _without_logical_types(node: Any) -> Any:

@@ -46,6 +46,13 @@ _TOPIC_PREFIX_RE = re.compile(r"[a-zA-Z0-9._-]+")
 
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - compared, not bound
 
+# Room a dead letter needs beyond its body: batch and record framing, the dlq-* headers (the
+# reason is cut at 1 KiB) and the request id; what the bridge writes stays well below.
+DLQ_RECORD_OVERHEAD_BYTES = 4096
+# What the message size limit adds to the body limit when unset: room for the overhead above
+# and for an event's record, which is at most its body plus a few hundred bytes.
+MESSAGE_BYTES_HEADROOM = 64 * 1024
+
 
 class ConfigError(BridgeError):
     """The configuration is unusable; the message has one line per problem, naming the variable."""
@@ -60,6 +67,7 @@ OptionalStr = Annotated[str | None, BeforeValidator(_blank_to_none)]
 OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_to_none)]
 OptionalPath = Annotated[Path | None, BeforeValidator(_blank_to_none)]
 OptionalFile = Annotated[FilePath | None, BeforeValidator(_blank_to_none)]
+OptionalInt = Annotated[int | None, BeforeValidator(_blank_to_none)]
 
 
 def env_name(*path: str) -> str:
@@ -257,6 +265,24 @@ class KafkaSettings(_Section):
             " brokers when the cluster has fewer."
         ),
     )
+    max_message_bytes: OptionalInt = Field(
+        default=None,
+        ge=1024,
+        description=(
+            "Largest record batch the bridge sends (the producer's max request size) and the"
+            " `max.message.bytes` it sets on the topics it creates; unset means"
+            f" BRIDGE_INGRESS_MAX_BODY_BYTES + {MESSAGE_BYTES_HEADROOM}, so that any body the"
+            " HTTP limit admits fits the dead-letter topic. The bridge reads back"
+            " `max.message.bytes` of existing topics and answers 413 (raw body to the DLQ) for"
+            " a record larger than its topic accepts, before sending it."
+        ),
+    )
+
+    def message_bytes(self, max_body_bytes: int) -> int:
+        """The effective max_message_bytes, given the ingress's body limit."""
+        if self.max_message_bytes is not None:
+            return self.max_message_bytes
+        return max(max_body_bytes + MESSAGE_BYTES_HEADROOM, self.max_batch_size)
 
     @field_validator("topic_prefix")
     @classmethod
@@ -333,6 +359,25 @@ class IngressSettings(_Section):
         ge=1,
         description="Largest webhook body accepted (bytes); larger ones are answered 413.",
     )
+    max_body_bytes_in_flight: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1,
+        description=(
+            "Most webhook body bytes one worker reads or handles at once, counted from"
+            " Content-Length (a chunked body counts as BRIDGE_INGRESS_MAX_BODY_BYTES) before"
+            " the body is read; a request beyond it is answered 503 with Retry-After at once."
+            " Bounds memory before authentication too (an HMAC needs the body); the default"
+            " keeps a worker well inside the chart's 512Mi limit. At least max_body_bytes."
+        ),
+    )
+    max_connections: int = Field(
+        default=512,
+        ge=1,
+        description=(
+            "Most connections one worker holds on the webhook port; a new connection beyond"
+            " it is answered 503 with Retry-After and closed, unread."
+        ),
+    )
     workers: int = Field(
         default=1,
         ge=1,
@@ -371,6 +416,17 @@ class IngressSettings(_Section):
         if not value.startswith("/"):
             raise ValueError("must start with '/'")
         return value
+
+    @model_validator(mode="after")
+    def _budget_holds_a_body(self) -> IngressSettings:
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise _problem(
+                self.SECTION,
+                "max_body_bytes_in_flight",
+                f"must be at least {env_name(self.SECTION, 'max_body_bytes')}"
+                f" ({self.max_body_bytes}), or a body at the limit is never admitted",
+            )
+        return self
 
 
 class AdminSettings(_Section):
@@ -760,6 +816,20 @@ class BridgeSettings(BaseSettings):
                 f"must differ from {env_name('ingress', 'port')} ({ingress.port}) when both"
                 " servers listen on the same address",
             )
+        kafka = self.kafka
+        if kafka.max_message_bytes is not None:
+            # Every body the HTTP limit admits must fit the dead-letter topic the bridge
+            # creates, and a full producer batch must fit any topic.
+            least = max(ingress.max_body_bytes + DLQ_RECORD_OVERHEAD_BYTES, kafka.max_batch_size)
+            if kafka.max_message_bytes < least:
+                raise _problem(
+                    "kafka",
+                    "max_message_bytes",
+                    f"must be at least {least}: {env_name('ingress', 'max_body_bytes')}"
+                    f" ({ingress.max_body_bytes}) + {DLQ_RECORD_OVERHEAD_BYTES} for a dead"
+                    f" letter's framing and headers, and at least"
+                    f" {env_name('kafka', 'max_batch_size')} ({kafka.max_batch_size})",
+                )
         if ingress.request_timeout_seconds <= self.kafka.publish_timeout_seconds:
             raise _problem(
                 "ingress",

@@ -24,9 +24,10 @@ RECEIVED_AT: Final = "received-at"
 REQUEST_ID: Final = "request-id"
 TICKET_ID: Final = "ticket-id"
 
-# The kinds a record may have: the body was not JSON, its shape or a field was wrong, or the
-# bridge could not encode an event it had accepted (a defect of ours).
-KINDS: Final = ("invalid_json", "invalid_envelope", "encode_error")
+# The kinds a record may have: the body was not JSON, its shape or a field was wrong, its
+# event's record is larger than its topic accepts, or the bridge could not encode an event it
+# had accepted (a defect of ours).
+KINDS: Final = ("invalid_json", "invalid_envelope", "record_too_large", "encode_error")
 
 
 def new_request_id() -> str:

@@ -72,8 +72,37 @@ class PublishTimeoutError(PublishError):
     kind = "publish_timeout"
 
 
+class RecordTooLargeError(BridgeError):
+    """A record is larger than its topic accepts: definitive (413), never retried.
+
+    Decided before sending from the producer's max request size and the topic's
+    `max.message.bytes`, or reported by the broker (`by_broker`) when the topic's limit was
+    lowered since the bridge read it. The webhook's raw body goes to the DLQ.
+    """
+
+    def __init__(self, topic: str, size: int, limit: int, *, by_broker: bool = False) -> None:
+        self.topic = topic
+        self.size = size
+        self.limit = limit
+        self.by_broker = by_broker
+        if by_broker:
+            self.reason = f"Kafka refused a record of {size} bytes as too large for {topic}"
+        else:
+            self.reason = f"record of {size} bytes is larger than the {limit} bytes {topic} accepts"
+        super().__init__(self.reason)
+
+
 class UnsupportedMediaTypeError(BridgeError):
     """The webhook's Content-Type is not application/json: answered 415, not stored."""
+
+    def __init__(self, reason: str = "Content-Type must be application/json") -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class OverCapacityError(BridgeError):
+    """The ingress holds as many body bytes as it may (or as many connections): answered 503
+    with Retry-After at once, before the body is read, instead of buffering it."""
 
 
 class RequestTimeoutError(BridgeError):

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import os
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +20,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from bridge import dlq, metrics
+from bridge.admission import BodyBudget, Throttled, new_request_id
 from bridge.auth import Authenticator, AuthError
 from bridge.config import BridgeSettings
 from bridge.dedupe import RecentIds
@@ -31,7 +29,9 @@ from bridge.errors import (
     BridgeError,
     CodecError,
     InvalidEventError,
+    OverCapacityError,
     PublishError,
+    RecordTooLargeError,
     RequestTimeoutError,
     UnsupportedMediaTypeError,
 )
@@ -75,6 +75,13 @@ class Ingress:
     shutting_down: bool = field(default=False)
     # Webhooks being handled now; the gauge samples it (see sample_gauges).
     in_flight: int = field(default=0)
+    # Body bytes being read or handled (BRIDGE_INGRESS_MAX_BODY_BYTES_IN_FLIGHT).
+    budget: BodyBudget = field(init=False)
+    # Connections open on the public port, once its server runs (for the gauge).
+    connections: Callable[[], int] = field(default=lambda: 0)
+
+    def __post_init__(self) -> None:
+        self.budget = BodyBudget(self.settings.ingress.max_body_bytes_in_flight)
 
     @property
     def not_ready_reason(self) -> str | None:
@@ -98,33 +105,11 @@ def _json(
     return web.Response(status=status, body=orjson.dumps(body), content_type=_JSON, headers=headers)
 
 
-class _RequestIds:
-    """New request ids: 32 hex digits, a random per-process prefix and a counter.
-
-    As unique as uuid4 in practice (64 random bits per process, a counter within it) at a
-    fraction of its cost; the prefix is drawn again in a forked child.
-    """
-
-    def __init__(self) -> None:
-        self._reset()
-        os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
-        self._prefix = secrets.token_hex(8)
-        self._counter = itertools.count(1)
-
-    def next(self) -> str:
-        return f"{self._prefix}{next(self._counter):016x}"
-
-
-_REQUEST_IDS: Final = _RequestIds()
-
-
 def _request_id(request: web.Request) -> str:
     given = request.headers.get(REQUEST_ID_HEADER)
     if given is not None and _REQUEST_ID_RE.fullmatch(given):
         return given
-    return _REQUEST_IDS.next()
+    return new_request_id()
 
 
 def _error_response(exc: Exception, ingress: Ingress) -> tuple[web.Response, str]:
@@ -140,13 +125,24 @@ def _error_response(exc: Exception, ingress: Ingress) -> tuple[web.Response, str
         limit = ingress.settings.ingress.max_body_bytes
         body = {"status": "too_large", "reason": f"body larger than {limit} bytes"}
         return _json(413, body), "body_too_large"
+    if isinstance(exc, RecordTooLargeError):
+        # Definitive: the record will never fit its topic, so the sender must not retry.
+        return _json(413, {"status": "too_large", "reason": exc.reason}), "record_too_large"
     if isinstance(exc, RequestTimeoutError):
         timeout = ingress.settings.ingress.request_timeout_seconds
         body = {"status": "timeout", "reason": f"body not received within {timeout:g}s"}
         return _json(408, body, {"Connection": "close"}), "request_timeout"
     if isinstance(exc, UnsupportedMediaTypeError):
-        body = {"status": "unsupported_media_type", "reason": f"Content-Type must be {_JSON}"}
+        body = {"status": "unsupported_media_type", "reason": exc.reason}
         return _json(415, body), "unsupported_media_type"
+    if isinstance(exc, OverCapacityError):
+        # Before the body was read: closing spares reading what the sender still sends.
+        headers = {
+            "Retry-After": str(ingress.settings.ingress.retry_after_seconds),
+            "Connection": "close",
+        }
+        body = {"status": "unavailable", "reason": "too many webhook bodies in flight"}
+        return _json(503, body, headers), "over_capacity"
     if isinstance(exc, PublishError):
         retry_after = {"Retry-After": str(ingress.settings.ingress.retry_after_seconds)}
         body = {"status": "unavailable", "reason": f"Kafka did not acknowledge: {exc.kind}"}
@@ -154,6 +150,7 @@ def _error_response(exc: Exception, ingress: Ingress) -> tuple[web.Response, str
     return _json(500, {"status": "error", "reason": "internal error"}), "internal_error"
 
 
+_OVER_BUDGET: Final = Throttled("webhooks_over_budget")
 _REQUESTS_BY: Final = metrics.Children(metrics.WEBHOOK_REQUESTS)
 _DURATION_BY: Final = metrics.Children(metrics.WEBHOOK_DURATION)
 _DUPLICATES_BY: Final = metrics.Children(metrics.DUPLICATES)
@@ -176,7 +173,9 @@ async def observe(
         raise
     except (BridgeError, Exception) as exc:
         response, reason = _error_response(exc, ingress)
-        if response.status >= 500:
+        if isinstance(exc, OverCapacityError):
+            _OVER_BUDGET(budget_bytes=ingress.budget.limit)
+        elif response.status >= 500:
             log_call = log.error if response.status == 500 else log.warning
             log_call(
                 "webhook_failed",
@@ -185,6 +184,18 @@ async def observe(
                 reason=reason,
                 error=type(exc).__name__,
                 exc_info=response.status == 500,
+            )
+        elif isinstance(exc, RecordTooLargeError):
+            # An operator's matter (topic limits), not only the sender's: say which sizes.
+            log.warning(
+                "webhook_refused",
+                request_id=request_id,
+                status=response.status,
+                reason=reason,
+                topic=exc.topic,
+                record_bytes=exc.size,
+                limit_bytes=exc.limit,
+                by_broker=exc.by_broker,
             )
         else:
             log.info(
@@ -200,17 +211,46 @@ async def observe(
 
 
 async def receive_webhook(request: web.Request) -> web.Response:
-    """POST {path}: one Apizee event; answered only after Kafka acknowledged it."""
+    """POST {path}: one Apizee event; answered only after Kafka acknowledged it.
+
+    Everything that can be refused from the headers is, before the body is read: media
+    type, size, credentials that do not need the body (token, basic; a missing or malformed
+    signature), and the worker's budget of body bytes in flight.
+    """
     ingress = request.app[INGRESS]
     settings = ingress.settings.ingress
     if request.content_type != _JSON:
         raise UnsupportedMediaTypeError
-    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":
         # Apizee does not compress; decoding before authentication would be a bomb anyway.
-        raise UnsupportedMediaTypeError
+        raise UnsupportedMediaTypeError(f"Content-Encoding {encoding[:40]!r} is not supported")
     length = request.content_length
     if length is not None and length > settings.max_body_bytes:
         raise BodyTooLargeError
+    now = time.time()
+    admitted = ingress.authenticator.admit(request.headers, request.query, now)
+    if request.content.is_eof():
+        # The whole body came with the headers (the usual small webhook): it is in memory
+        # already, within what aiohttp buffers per connection (bounded by the connection
+        # cap), so it waits for nothing and takes no budget: a flood of large bodies cannot
+        # crowd out ordinary webhooks.
+        reserved = 0
+    else:
+        # A chunked body's length is known only once read: it may be as large as the limit.
+        reserved = settings.max_body_bytes if length is None else length
+    if not ingress.budget.take(reserved):
+        raise OverCapacityError
+    try:
+        return await _receive(request, ingress, admitted, now)
+    finally:
+        ingress.budget.give_back(reserved)
+
+
+async def _receive(
+    request: web.Request, ingress: Ingress, admitted: str | None, now: float
+) -> web.Response:
+    settings = ingress.settings.ingress
     try:
         # Bounded by the app's client_max_size, also for chunked bodies without a length,
         # and in time: a sender trickling its body must not hold the connection forever.
@@ -226,14 +266,16 @@ async def receive_webhook(request: web.Request) -> web.Response:
     except TimeoutError:
         raise RequestTimeoutError from None
     metrics.WEBHOOK_BODY_BYTES.observe(len(body))
-    ingress.authenticator.verify(request.headers, request.query, body, time.time())
+    if admitted is None:
+        ingress.authenticator.verify_body(request.headers, body, now)
 
     received_at_ms = time.time_ns() // 1_000_000
     try:
         event = from_webhook(parse_webhook(body), received_at_ms)
     except InvalidEventError as exc:
         # Nothing Apizee sends is lost: the raw bytes go to the DLQ before the 400 (and a
-        # DLQ failure becomes a 503, so that the sender retries).
+        # DLQ failure becomes a 503, so that the sender retries; a DLQ too small for the
+        # body, a 413).
         await ingress.publisher.publish_dlq(
             body,
             kind=exc.kind,
@@ -246,6 +288,9 @@ async def receive_webhook(request: web.Request) -> web.Response:
         )
         raise
 
+    dlq_headers = dlq.webhook_headers(
+        request_id=request[REQUEST_ID], received_at_ms=received_at_ms, ticket_id=event.ticket_id
+    )
     tracker = ingress.tracker
     if (tracker is not None and tracker.seen(event.ticket_id, event.event_id)) or not (
         await ingress.dedupe.claim(event.event_id)
@@ -257,6 +302,12 @@ async def receive_webhook(request: web.Request) -> web.Response:
     try:
         await ingress.publisher.publish(event)
         published = True
+    except RecordTooLargeError as exc:
+        # Valid, but its record can never fit its topic: kept raw on the DLQ, answered 413.
+        await ingress.publisher.publish_dlq(
+            body, kind="record_too_large", reason=exc.reason, headers=dlq_headers
+        )
+        raise
     except CodecError as exc:
         # A defect of ours, not of the sender: keep the bytes, answer 500.
         log.error("encode_failed", request_id=request[REQUEST_ID], error=str(exc))
@@ -264,11 +315,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
             body,
             kind="encode_error",
             reason=str(exc),
-            headers=dlq.webhook_headers(
-                request_id=request[REQUEST_ID],
-                received_at_ms=received_at_ms,
-                ticket_id=event.ticket_id,
-            ),
+            headers=dlq_headers,
         )
         raise
     finally:
@@ -287,6 +334,8 @@ def sample_gauges(ingress: Ingress) -> None:
     than on every request (a gauge update per request costs more than the request's share)."""
     metrics.WEBHOOKS_IN_FLIGHT.set(ingress.in_flight)
     metrics.DEDUPE_ENTRIES.set(len(ingress.dedupe))
+    metrics.WEBHOOK_BODY_BYTES_IN_FLIGHT.set(ingress.budget.used)
+    metrics.CONNECTIONS.set(ingress.connections())
 
 
 async def _sample_gauges_forever(ingress: Ingress) -> None:
@@ -312,16 +361,36 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
     return await observe(request, receive_webhook)
 
 
+async def _not_found(request: web.Request) -> web.Response:
+    return _json(
+        404,
+        {"status": "not_found", "reason": "no such resource"},
+        {REQUEST_ID_HEADER: _request_id(request)},
+    )
+
+
+async def _method_not_allowed(request: web.Request) -> web.Response:
+    return _json(
+        405,
+        {"status": "method_not_allowed", "reason": "only POST"},
+        {REQUEST_ID_HEADER: _request_id(request), "Allow": "POST"},
+    )
+
+
 def build_public_app(ingress: Ingress) -> web.Application:
-    """The public port: only the webhook route, observed.
+    """The public port: the webhook route, observed; anything else 404 or 405, in JSON
+    with a request id like every answer (not counted as webhooks).
 
     Not an aiohttp middleware: with none, aiohttp skips its middleware chain on every
-    request; routing errors (404, 405) were answered as they are and not counted anyway.
+    request.
     """
     settings = ingress.settings.ingress
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[INGRESS] = ingress
-    app.router.add_post(settings.path, handle_webhook)
+    webhook = app.router.add_resource(settings.path)
+    webhook.add_route("POST", handle_webhook)
+    webhook.add_route("*", _method_not_allowed)
+    app.router.add_route("*", "/{anything:.*}", _not_found)
     app.cleanup_ctx.append(_gauges)
     return app
 

@@ -78,8 +78,10 @@ REASONS: Final = (
     "bad_token",
     "bad_basic",
     "body_too_large",
+    "record_too_large",
     "request_timeout",
     "unsupported_media_type",
+    "over_capacity",
     "kafka_unavailable",
     "publish_timeout",
     "internal_error",
@@ -106,6 +108,22 @@ WEBHOOKS_IN_FLIGHT = Gauge(
     "Webhook requests being handled now.",
     multiprocess_mode="livesum",
 )
+WEBHOOK_BODY_BYTES_IN_FLIGHT = Gauge(
+    f"{PREFIX}_webhook_body_bytes_in_flight",
+    "Webhook body bytes taken from the per-worker budget (BRIDGE_INGRESS_MAX_BODY_BYTES_IN_FLIGHT)"
+    " by requests being read or handled now.",
+    multiprocess_mode="livesum",
+)
+CONNECTIONS = Gauge(
+    f"{PREFIX}_connections",
+    "Connections open on the webhook port (per worker, capped by BRIDGE_INGRESS_MAX_CONNECTIONS).",
+    multiprocess_mode="livesum",
+)
+CONNECTIONS_REFUSED = Counter(
+    f"{PREFIX}_connections_refused_total",
+    "Connections to the webhook port answered 503 at once because the worker held"
+    " BRIDGE_INGRESS_MAX_CONNECTIONS already.",
+)
 
 EVENTS_PUBLISHED = Counter(
     f"{PREFIX}_events_published_total",
@@ -120,8 +138,16 @@ PUBLISH_DURATION = Histogram(
 )
 PUBLISH_ERRORS = Counter(
     f"{PREFIX}_publish_errors_total",
-    "Records Kafka did not acknowledge, by kind (timeout, unavailable, rejected, encode).",
+    "Records Kafka did not acknowledge, by kind (timeout, unavailable, rejected, encode,"
+    " too_large: larger than the topic accepts, refused before sending or by the broker).",
     ["kind"],
+)
+TOPIC_MAX_MESSAGE_BYTES = Gauge(
+    f"{PREFIX}_topic_max_message_bytes",
+    "max.message.bytes of each topic as read back from the cluster, by topic suffix"
+    " (category, unknown, dlq, bridge-state).",
+    ["topic"],
+    multiprocess_mode="livemin",
 )
 PUBLISHES_IN_FLIGHT = Gauge(
     f"{PREFIX}_publishes_in_flight",
@@ -130,7 +156,8 @@ PUBLISHES_IN_FLIGHT = Gauge(
 )
 DLQ_RECORDS = Counter(
     f"{PREFIX}_dlq_records_total",
-    "Raw bodies written to the dead-letter topic, by kind (invalid_json, invalid_envelope).",
+    "Raw bodies written to the dead-letter topic, by kind (invalid_json, invalid_envelope,"
+    " record_too_large, encode_error).",
     ["kind"],
 )
 UNKNOWN_EVENTS = Counter(

@@ -6,12 +6,14 @@ does not know is kept in `extra` so that nothing Apizee sends is dropped.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model
 
 from bridge.catalog import (
     ATTRIBUTE_BOUNDS,
@@ -31,6 +33,10 @@ MAX_EPOCH_SECONDS: Final = 253_402_300_799
 # Key in `extra` that holds unknown fields found around the event (envelope or REST item)
 # rather than among its attributes.
 ENVELOPE_EXTRA_KEY: Final = "_envelope"
+# Top-level keys of `extra` that start with this are the bridge's own (ENVELOPE_EXTRA_KEY);
+# an attribute whose name starts with it is stored with one more in front ("_x" as "__x"),
+# so that no attribute Apizee sends can take a reserved key's place.
+RESERVED_PREFIX: Final = "_"
 
 Id = Annotated[int, Field(ge=0, le=INT64_MAX)]
 Int32 = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX)]
@@ -38,7 +44,27 @@ Int32 = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX)]
 EpochSeconds = Annotated[float, Field(ge=0, le=MAX_EPOCH_SECONDS)]
 EventType = Annotated[str, Field(min_length=1, max_length=255)]
 
-_EDGE = ConfigDict(strict=True, extra="allow", frozen=True)
+# allow_inf_nan=False: NaN and Infinity are not JSON (RFC 8259); a float field refuses them
+# with "Input should be a finite number", as it does 1e400 (which parses as infinity).
+_EDGE = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=False)
+
+
+class JsonFloat(float):
+    """A JSON number with a fraction or exponent, as a float that keeps its text as sent.
+
+    `extra` holds these instead of plain floats, so that re-serialising it writes each number
+    as Apizee wrote it: `1e15` stays 5 characters (not `1000000000000000.0`), and `1e400` or
+    `1e-400`, beyond a double, stay exact instead of becoming null or 0.
+    """
+
+    __slots__ = ("text",)
+
+    text: str
+
+    def __new__(cls, text: str) -> JsonFloat:
+        value = super().__new__(cls, text)
+        value.text = text
+        return value
 
 
 class WebhookProps(BaseModel):
@@ -62,6 +88,10 @@ class WebhookEnvelope(BaseModel):
     object: Literal["conversationevent"]
     objectId: Id
     props: WebhookProps
+
+    # The bytes this envelope was parsed from (set by parse_webhook): `extra` is read from
+    # them again, with numbers kept as their text, when the event has unknown fields.
+    _body: bytes | None = PrivateAttr(default=None)
 
 
 class RestEvent(BaseModel):
@@ -121,7 +151,7 @@ def _attributes_model(spec: EventSpec) -> type[BaseModel]:
         fields[name] = (attr.python_type | None, Field(default=None, ge=lo, le=hi))
     model: type[BaseModel] = create_model(
         f"{spec.record_name}Attributes",
-        __config__=ConfigDict(strict=True, extra="ignore"),
+        __config__=ConfigDict(strict=True, extra="ignore", allow_inf_nan=False),
         **fields,
     )
     return model
@@ -180,9 +210,29 @@ def _kind(exc: ValidationError) -> str:
 def parse_webhook(body: bytes) -> WebhookEnvelope:
     """Parse and validate a webhook body in one pass; InvalidEventError names every problem."""
     try:
-        return WebhookEnvelope.model_validate_json(body)
+        envelope = WebhookEnvelope.model_validate_json(body)
     except ValidationError as exc:
         raise InvalidEventError(_kind(exc), _problems(exc, "")) from None
+    envelope._body = body
+    return envelope
+
+
+def _not_a_number(literal: str) -> Any:
+    raise ValueError(f"{literal} is not a JSON number (RFC 8259)")
+
+
+def json_values(body: bytes) -> Any:
+    """`body` parsed again for `extra`: every non-integer number a JsonFloat with its text.
+
+    Strict RFC 8259: NaN, Infinity and -Infinity (which pydantic's parser lets through into
+    untyped fields) are refused with InvalidEventError. Only bodies with unknown fields pay
+    for this second parse; it accepts what pydantic's accepted, being given only those.
+    """
+    try:
+        return json.loads(body, parse_float=JsonFloat, parse_constant=_not_a_number)
+    except (ValueError, RecursionError) as exc:
+        # ValueError: a NaN, or an integer of more digits than Python converts (4300).
+        raise InvalidEventError("invalid_json", [Problem("body", f"Invalid JSON: {exc}")]) from None
 
 
 def parse_rest_item(item: Any) -> RestEvent:
@@ -212,6 +262,48 @@ def _split_attributes(
     return typed, ({} if extra is _NOTHING else extra)
 
 
+def _extra(
+    attributes_extra: Mapping[str, Any], envelope_extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    """`extra` from the unknown parts of the attributes and of the envelope (see
+    RESERVED_PREFIX): no attribute can overwrite the envelope's key, whatever its name."""
+    extra = {
+        RESERVED_PREFIX + key if key.startswith(RESERVED_PREFIX) else key: value
+        for key, value in attributes_extra.items()
+    }
+    if envelope_extra:
+        extra[ENVELOPE_EXTRA_KEY] = dict(envelope_extra)
+    return extra
+
+
+def split_extra(extra: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The inverse of how `extra` is built: (unknown attribute parts by the names Apizee sent,
+    unknown envelope fields). For consumers and tests."""
+    attributes = {
+        key[len(RESERVED_PREFIX) :] if key.startswith(RESERVED_PREFIX) else key: value
+        for key, value in extra.items()
+        if key != ENVELOPE_EXTRA_KEY
+    }
+    return attributes, dict(extra.get(ENVELOPE_EXTRA_KEY, {}))
+
+
+def _unknown(values: Mapping[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k not in model.model_fields}
+
+
+def _finite(value: Any, where: str) -> None:
+    """Refuse NaN and infinities (a float out of a double's range) where they would be lost."""
+    if isinstance(value, float) and not math.isfinite(value):
+        problem = Problem(where, f"{value} is not a JSON number (RFC 8259)")
+        raise InvalidEventError("invalid_envelope", [problem])
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _finite(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _finite(item, f"{where}.{index}")
+
+
 def _millis(seconds: float) -> int:
     # Exact for whole seconds: MAX_EPOCH_SECONDS * 1000 < 2**53.
     return round(seconds * 1000)
@@ -219,9 +311,23 @@ def _millis(seconds: float) -> int:
 
 def from_webhook(envelope: WebhookEnvelope, received_at_ms: int) -> CanonicalEvent:
     props = envelope.props
-    attributes, extra = _split_attributes(props.eventType, props.model_extra or {}, "props")
-    if envelope.model_extra:
-        extra[ENVELOPE_EXTRA_KEY] = dict(envelope.model_extra)
+    attributes, unknown = _split_attributes(props.eventType, props.model_extra or {}, "props")
+    envelope_extra = envelope.model_extra or {}
+    if unknown or envelope_extra:
+        body = envelope._body
+        if body is None:
+            # Built in code, not parsed from bytes: its values are what they are.
+            _finite(unknown, "props")
+            _finite(envelope_extra, "body")
+        else:
+            # Unknown fields are kept as Apizee wrote them: parsed again from the bytes,
+            # numbers with their text (no NaN, no growth, no precision lost).
+            values = json_values(body)
+            envelope_extra = _unknown(values, WebhookEnvelope)
+            raw = _unknown(values["props"], WebhookProps)
+            found = residual(raw, attributes) if attributes else raw
+            unknown = {} if found is _NOTHING else found
+    extra = _extra(unknown, envelope_extra)
     return CanonicalEvent(
         event_id=envelope.objectId,
         event_type=props.eventType,
@@ -239,9 +345,11 @@ def from_webhook(envelope: WebhookEnvelope, received_at_ms: int) -> CanonicalEve
 def from_rest(
     item: RestEvent, ticket_id: int, received_at_ms: int, source: Source = Source.POLLER
 ) -> CanonicalEvent:
-    attributes, extra = _split_attributes(item.eventType, item.data or {}, "data")
-    if item.model_extra:
-        extra[ENVELOPE_EXTRA_KEY] = dict(item.model_extra)
+    attributes, unknown = _split_attributes(item.eventType, item.data or {}, "data")
+    # REST bodies are parsed without NaN, but a number beyond a double is infinity by then.
+    _finite(unknown, "data")
+    _finite(item.model_extra or {}, "body")
+    extra = _extra(unknown, item.model_extra or {})
     return CanonicalEvent(
         event_id=item.id,
         event_type=item.eventType,

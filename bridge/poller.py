@@ -25,7 +25,7 @@ from bridge.apizee import TicketEvents
 from bridge.catalog import EVENTS, TERMINAL_EVENT_TYPES, UNKNOWN_CATEGORY, category_of
 from bridge.config import PollerSettings
 from bridge.dedupe import RecentIds
-from bridge.errors import ApizeeError, InvalidEventError, PublishError
+from bridge.errors import ApizeeError, InvalidEventError, PublishError, RecordTooLargeError
 from bridge.models import RestEvent, Source, from_rest
 from bridge.publisher import Publisher
 from bridge.state import StateStore, StateSync, now_ms
@@ -290,7 +290,9 @@ class Poller:
                     continue
                 await self._fill(fetched, item, now, result)
             for invalid in fetched.invalid:
-                await self._reject(fetched, invalid.raw, invalid.error, result)
+                await self._reject(
+                    fetched, invalid.raw, invalid.error.kind, invalid.error.reason, result
+                )
         except PublishError as exc:
             result.error = exc.kind
             metrics.POLLS.labels(outcome="publish_failed").inc()
@@ -303,24 +305,29 @@ class Poller:
         return result
 
     async def _reject(
-        self, fetched: TicketEvents, raw: bytes, error: InvalidEventError, result: PollResult
+        self, fetched: TicketEvents, raw: bytes, kind: str, reason: str, result: PollResult
     ) -> None:
-        """Send a malformed item to the DLQ, once: the ticket's state remembers it."""
+        """Send a malformed (or too large) item to the DLQ, once: the ticket's state
+        remembers it."""
         ticket_id = fetched.ticket_id
         state = self._store.get(ticket_id)
         key = _rejection_key(raw)
         if key in state.rejected:
             return
-        await self._publisher.publish_dlq(
-            raw,
-            kind=error.kind,
-            reason=error.reason,
-            headers=dlq.poller_headers(
-                request_id=fetched.request_id,
-                received_at_ms=fetched.received_at_ms,
-                ticket_id=ticket_id,
-            ),
-        )
+        try:
+            await self._publisher.publish_dlq(
+                raw,
+                kind=kind,
+                reason=reason,
+                headers=dlq.poller_headers(
+                    request_id=fetched.request_id,
+                    received_at_ms=fetched.received_at_ms,
+                    ticket_id=ticket_id,
+                ),
+            )
+        except RecordTooLargeError as exc:
+            # Not even the DLQ takes it: dropped, said once (remembered as rejected).
+            log.warning("poll_item_dropped", ticket_id=ticket_id, kind=kind, reason=exc.reason)
         state.rejected.add(key)
         result.rejected += 1
 
@@ -333,7 +340,9 @@ class Poller:
         try:
             event = from_rest(item, ticket_id, now, Source.POLLER)
         except InvalidEventError as exc:
-            await self._reject(fetched, item.model_dump_json().encode(), exc, result)
+            await self._reject(
+                fetched, item.model_dump_json().encode(), exc.kind, exc.reason, result
+            )
             return
         if not await self._dedupe.claim(event.event_id):
             # Published by this process meanwhile (the dedupe window holds only published
@@ -346,6 +355,12 @@ class Poller:
         try:
             await asyncio.shield(publishing)
             published = True
+        except RecordTooLargeError as exc:
+            # Never fits its topic: kept raw on the DLQ instead of being tried every poll.
+            log.warning("poll_record_too_large", ticket_id=ticket_id, reason=exc.reason)
+            raw = item.model_dump_json().encode()
+            await self._reject(fetched, raw, "record_too_large", exc.reason, result)
+            return
         except asyncio.CancelledError:
             # stop() while the record is on its way: wait for its ack (the publisher is
             # still up) and record it, so that the state written at shutdown knows every

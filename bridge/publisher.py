@@ -20,15 +20,29 @@ from typing import Any, Final
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaError, SaslAuthenticationFailed, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+)
+from aiokafka.errors import RecordTooLargeError as KafkaRecordTooLargeError
 from aiokafka.helpers import create_ssl_context
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from bridge import dlq, metrics
 from bridge.catalog import CATEGORIES, EVENTS, UNKNOWN_CATEGORY
 from bridge.codec import Codec
-from bridge.config import KafkaSettings
-from bridge.errors import CodecError, KafkaUnavailableError, PublishTimeoutError
+from bridge.config import DLQ_RECORD_OVERHEAD_BYTES, KafkaSettings
+from bridge.errors import (
+    CodecError,
+    KafkaUnavailableError,
+    PublishTimeoutError,
+    RecordTooLargeError,
+)
 from bridge.models import CanonicalEvent
 
 log = structlog.get_logger(__name__)
@@ -42,9 +56,11 @@ _DEFAULT_REPLICATION: Final = 3
 _TOPIC_ALREADY_EXISTS: Final = 36
 # Publish timeouts fire within this long after their deadline (or 1/20 of the timeout).
 _SWEEP_INTERVAL: Final = 0.05
-# Headroom over the largest webhook body for headers and framing of a dead-lettered record.
-_DLQ_OVERHEAD_BYTES: Final = 64 * 1024
 _DLQ_REASON_MAX_BYTES: Final = 1024
+# The topic setting that bounds a record batch (Kafka's RecordTooLargeException otherwise).
+MAX_MESSAGE_BYTES: Final = "max.message.bytes"
+# Broker answers meaning "this record will never fit": definitive, not a retryable outage.
+_TOO_LARGE: Final = (MessageSizeTooLargeError, RecordListTooLargeError, KafkaRecordTooLargeError)
 # aiokafka's SCRAM client raises KeyError or ValueError, not a KafkaError, when the broker
 # ends the exchange with an error ("e=unknown-user", "e=invalid-proof") or a bad signature.
 _CONNECT_ERRORS: Final = (KafkaError, OSError, TimeoutError, KeyError, ValueError)
@@ -185,13 +201,37 @@ async def diagnose_connection(settings: KafkaSettings) -> str | None:
     return None
 
 
+def _leaderless(cluster: Any, topics: list[str]) -> list[str]:
+    """`topic-partition` of each partition the metadata shows without a leader (a topic the
+    metadata does not list yet counts whole)."""
+    out: list[str] = []
+    for topic in topics:
+        partitions = cluster.partitions_for_topic(topic)
+        if not partitions:
+            out.append(topic)
+            continue
+        led = cluster.available_partitions_for_topic(topic) or set()
+        out += [f"{topic}-{p}" for p in sorted(partitions - led)]
+    return out
+
+
 def _error_kind(exc: BaseException) -> str:
     name = type(exc).__name__
     if isinstance(exc, PublishTimeoutError | TimeoutError):
         return "timeout"
-    if name in {"MessageSizeTooLargeError", "RecordTooLargeError", "TopicAuthorizationFailedError"}:
+    if isinstance(exc, _TOO_LARGE):
+        return "too_large"
+    if name == "TopicAuthorizationFailedError":
         return "rejected"
     return "unavailable"
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:
+    """Bytes of a batch holding this one record, as the broker counts it against the
+    topic's max.message.bytes: aiokafka's upper bound (v2 batch header + the largest record
+    framing), the same figure its producer checks against max_request_size."""
+    size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+    return size
 
 
 class Publisher:
@@ -209,7 +249,15 @@ class Publisher:
     ) -> None:
         self._settings = settings
         self._codec = codec
-        self._max_request_size = max(1024 * 1024, max_body_bytes + _DLQ_OVERHEAD_BYTES)
+        self._max_request_size = settings.message_bytes(max_body_bytes)
+        self._max_body_bytes = max_body_bytes
+        # max.message.bytes of each topic as read back from the cluster (absent: not known
+        # yet, the producer's limit applies and the broker has the last word).
+        self._topic_limits: dict[str, int] = {}
+        self._limits_at = 0.0
+        self._limits_stale = True
+        self._replace_producer = False
+        self._replacing = False
         self._health_interval = health_interval
         self._timeout = settings.publish_timeout_seconds
         self._on_acked = on_acked
@@ -343,6 +391,7 @@ class Publisher:
         self._healthy = healthy
         self._not_ready_reason = reason
         if healthy:
+            self._replacing = False
             self._ready.set()
         else:
             self._ready.clear()
@@ -383,12 +432,17 @@ class Publisher:
                     # aiokafka's CreateTopics (v3) predates broker-side defaults (KIP-464).
                     brokers = (await admin.describe_cluster())["brokers"]
                     replication = max(1, min(_DEFAULT_REPLICATION, len(brokers)))
+                # Each topic takes the largest record the producer may send: a dead letter of
+                # any body the HTTP limit admits fits, whatever the broker's default.
+                limit = {MAX_MESSAGE_BYTES: str(self._max_request_size)}
                 new = [
                     NewTopic(
                         t,
                         settings.topic_partitions,
                         replication,
-                        topic_configs=_STATE_TOPIC_CONFIG if t == self.topics.state else None,
+                        topic_configs=(
+                            {**_STATE_TOPIC_CONFIG, **limit} if t == self.topics.state else limit
+                        ),
                     )
                     for t in missing
                 ]
@@ -402,38 +456,132 @@ class Publisher:
                     }
                     if failed:
                         log.warning("topics_create_failed", topics=failed)
-                log.info("topics_created", topics=missing, replication_factor=replication)
+                log.info(
+                    "topics_created",
+                    topics=missing,
+                    replication_factor=replication,
+                    max_message_bytes=self._max_request_size,
+                )
                 existing = set(await admin.list_topics())
                 missing = [t for t in self.required_topics if t not in existing]
+                self._limits_stale = True
             return missing
         finally:
             await admin.close()
 
+    # -- record size limits ------------------------------------------------------------
+
+    def record_limit(self, topic: str) -> int:
+        """Largest record batch `topic` takes from this bridge: the producer's max request
+        size, or the topic's max.message.bytes when that is lower."""
+        return min(self._max_request_size, self._topic_limits.get(topic, self._max_request_size))
+
+    async def _refresh_limits(self) -> None:
+        """Read max.message.bytes of the bridge's topics (DescribeConfigs); keep the last
+        known values when the cluster does not say (no ACL for it, an older broker)."""
+        admin = AIOKafkaAdminClient(**connection_kwargs(self._settings))
+        await admin.start()
+        try:
+            responses = await admin.describe_configs(
+                [
+                    ConfigResource(ConfigResourceType.TOPIC, t, {MAX_MESSAGE_BYTES: None})
+                    for t in self.required_topics
+                ]
+            )
+        finally:
+            await admin.close()
+        learned: dict[str, int] = {}
+        refused: dict[str, int] = {}
+        for response in responses:
+            for error_code, _message, _type, topic, entries, *_ in response.resources:
+                if error_code:
+                    refused[topic] = error_code
+                    continue
+                for name, value, *_rest in entries:
+                    if name == MAX_MESSAGE_BYTES and value is not None:
+                        learned[topic] = int(value)
+        self._limits_stale = False
+        self._limits_at = time.monotonic()
+        if refused:
+            log.warning("topic_limits_unknown", topics=refused)
+        changed = {t: n for t, n in learned.items() if self._topic_limits.get(t) != n}
+        self._topic_limits.update(learned)
+        for topic, limit in learned.items():
+            metrics.TOPIC_MAX_MESSAGE_BYTES.labels(topic=topic[len(self.topics.prefix) + 1 :]).set(
+                limit
+            )
+        if changed:
+            self._warn_small_topics(changed)
+
+    def _warn_small_topics(self, changed: Mapping[str, int]) -> None:
+        """One line per topic whose limit changed; a warning when bodies could not fit."""
+        dlq_needs = self._max_body_bytes + DLQ_RECORD_OVERHEAD_BYTES
+        for topic, limit in sorted(changed.items()):
+            effective = self.record_limit(topic)
+            if topic == self.topics.dlq and effective < dlq_needs:
+                log.warning(
+                    "dlq_topic_too_small",
+                    topic=topic,
+                    max_message_bytes=limit,
+                    max_body_bytes=self._max_body_bytes,
+                    consequence="bodies near the HTTP limit that cannot be published are"
+                    " answered 413 and dropped, not kept on the DLQ",
+                    fix=f"kafka-configs --alter --entity-type topics --entity-name {topic}"
+                    f" --add-config {MAX_MESSAGE_BYTES}={self._max_request_size}",
+                )
+            elif limit < self._settings.max_batch_size:
+                log.warning(
+                    "topic_limit_below_batch_size",
+                    topic=topic,
+                    max_message_bytes=limit,
+                    max_batch_size=self._settings.max_batch_size,
+                    consequence="Kafka may refuse a batch of small records (answered 503)",
+                    fix="lower BRIDGE_KAFKA_MAX_BATCH_SIZE or raise the topic's limit",
+                )
+            else:
+                log.info("topic_limit", topic=topic, max_message_bytes=limit)
+
     async def _supervise(self) -> None:
-        """Connect with backoff, then check health forever; reconnect topics when they vanish."""
-        backoff = 0.5
+        """Connect with backoff, then check health forever; reconnect topics when they vanish.
+
+        A producer whose batch the broker refused as too large is replaced: with idempotence
+        that batch's sequence number is spent, and the broker would refuse every later batch
+        of its partition as out of order (Java's producer bumps its epoch; aiokafka does not).
+        """
         logged = ""
-        while self._producer is None:
-            try:
-                self._producer = await self._connect()
-            except _CONNECT_ERRORS as exc:
-                cause = await diagnose_connection(self._settings) or type(exc).__name__
-                self._set_health(False, f"cannot connect: {cause}")
-                metrics.KAFKA_CONNECT_FAILURES.inc()
-                if cause != logged:  # one line per cause, not one per retry
-                    log.warning("kafka_connect_failed", reason=cause, retry_in=backoff)
-                    logged = cause
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-        log.info("kafka_connected", bootstrap_servers=self._settings.bootstrap_servers)
         while True:
-            await self._check_health()
-            self._wake.clear()
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for may swallow stop()'s
-            # cancellation when the event is set at the same moment.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._health_interval):
-                    await self._wake.wait()
+            backoff = 0.5
+            while self._producer is None:
+                try:
+                    self._producer = await self._connect()
+                except _CONNECT_ERRORS as exc:
+                    self._replacing = False  # an outage after all: fail fast
+                    cause = await diagnose_connection(self._settings) or type(exc).__name__
+                    self._set_health(False, f"cannot connect: {cause}")
+                    metrics.KAFKA_CONNECT_FAILURES.inc()
+                    if cause != logged:  # one line per cause, not one per retry
+                        log.warning("kafka_connect_failed", reason=cause, retry_in=backoff)
+                        logged = cause
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+            log.info("kafka_connected", bootstrap_servers=self._settings.bootstrap_servers)
+            self._replace_producer = False
+            while not self._replace_producer:
+                await self._check_health()
+                self._wake.clear()
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for may swallow stop()'s
+                # cancellation when the event is set at the same moment.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._health_interval):
+                        await self._wake.wait()
+            self._replacing = True
+            self._set_health(False, "replacing the producer after a batch Kafka refused")
+            old, self._producer = self._producer, None
+            # Publishes wait for the new producer (until healthy again, see _set_health).
+            if old is not None:
+                with contextlib.suppress(KafkaError, TimeoutError):
+                    await asyncio.wait_for(old.flush(), self._timeout)
+                await old.stop()
 
     async def _check_health(self) -> None:
         assert self._producer is not None
@@ -446,14 +594,30 @@ class Publisher:
                     # A new cluster, or one that lost its topics (the memory-only dev broker
                     # after a restart): create them again when we may.
                     missing = await self.ensure_topics()
+                    cluster = await self._producer.client.fetch_all_metadata()
         except _CONNECT_ERRORS as exc:
             self._set_health(False, f"metadata unavailable: {type(exc).__name__}")
             metrics.KAFKA_METADATA_AGE.set(self.metadata_age or 0.0)
             return
         self._metadata_at = time.monotonic()
         metrics.KAFKA_METADATA_AGE.set(0.0)
+        due = time.monotonic() - self._limits_at >= self._settings.metadata_max_age_ms / 1000
+        if not missing and (self._limits_stale or due):
+            try:
+                async with asyncio.timeout(max(self._health_interval, 1.0) * 2):
+                    await self._refresh_limits()
+            except _CONNECT_ERRORS as exc:
+                # Not a readiness matter: the producer's limit applies meanwhile and the
+                # broker refuses what does not fit (a definitive 413 all the same).
+                self._limits_at = time.monotonic()
+                log.warning("topic_limits_unknown", error=type(exc).__name__)
         if missing:
             self._set_health(False, f"topics missing: {', '.join(missing)}")
+        elif leaderless := _leaderless(cluster, self.required_topics):
+            # Just created (leaders not elected yet), or their replicas all down: a publish
+            # there would wait for a leader until it times out.
+            shown = ", ".join(leaderless[:5]) + (" ..." if len(leaderless) > 5 else "")
+            self._set_health(False, f"partitions without a leader: {shown}")
         else:
             self._set_health(True)
 
@@ -546,6 +710,17 @@ class Publisher:
         headers: list[tuple[str, bytes]],
         topic_kind: str,
     ) -> None:
+        size = record_size(key, value, headers)
+        limit = self.record_limit(topic)
+        if size > limit:
+            # Decided here, before Kafka is asked: this record will never fit its topic.
+            metrics.PUBLISH_ERRORS.labels(kind="too_large").inc()
+            raise RecordTooLargeError(topic, size, limit)
+        if self._replacing:
+            # A producer swap (see _supervise) takes a moment: wait for it, not fail.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._timeout):
+                    await self._ready.wait()
         producer = self._producer
         if producer is None or not self._healthy:
             metrics.PUBLISH_ERRORS.labels(kind="unavailable").inc()
@@ -582,11 +757,24 @@ class Publisher:
             metrics.PUBLISH_ERRORS.labels(kind="timeout").inc()
             self._failed(f"no acknowledgement within {self._timeout:g}s")
             raise PublishTimeoutError(f"no acknowledgement within {self._timeout}s") from None
+        except _TOO_LARGE:
+            # The topic's limit was lowered since it was read. Definitive only if this record
+            # alone exceeds the limit read now: it may have shared the refused batch with
+            # others; those get a 503 and are retried by their sender.
+            metrics.PUBLISH_ERRORS.labels(kind="too_large").inc()
+            self._replace_producer = self._settings.enable_idempotence
+            self._wake.set()
+            with contextlib.suppress(*_CONNECT_ERRORS):
+                async with asyncio.timeout(self._timeout):
+                    await self._refresh_limits()
+            if size > self.record_limit(topic):
+                raise RecordTooLargeError(topic, size, limit, by_broker=True) from None
+            raise KafkaUnavailableError("a batch refused as too large") from None
         except KafkaError as exc:
             kind = _error_kind(exc)
             metrics.PUBLISH_ERRORS.labels(kind=kind).inc()
             if kind == "rejected":
-                # One topic refusing (no Write ACL, record too large) says nothing of the
+                # One topic refusing (no Write ACL) says nothing of the whole
                 # cluster: the webhook gets its 503, readiness stays as it is.
                 log.warning("publish_rejected", topic=topic, error=type(exc).__name__)
                 self._wake.set()

@@ -48,15 +48,21 @@ from bridge.cluster import (
 from bridge.codec import Codec, json_text
 from bridge.config import BridgeSettings, env_name
 from bridge.dlq import DeadLetter, ticket_in_body
-from bridge.errors import BridgeError, CodecError, InvalidEventError, PublishError
+from bridge.errors import (
+    BridgeError,
+    CodecError,
+    InvalidEventError,
+    PublishError,
+    RecordTooLargeError,
+)
 from bridge.models import (
-    ENVELOPE_EXTRA_KEY,
     CanonicalEvent,
     Source,
     from_rest,
     from_webhook,
     parse_rest_item,
     parse_webhook,
+    split_extra,
 )
 from bridge.publisher import Publisher, TopicNames, connection_kwargs
 from bridge.state import StateStore, StateSync
@@ -266,9 +272,7 @@ class Judge:
             return verdict
         # The payload as it came (the generic record keeps every attribute in `extra`),
         # through the path that brought it.
-        attributes = dict(parked.extra)
-        around = attributes.pop(ENVELOPE_EXTRA_KEY, None)
-        around = around if isinstance(around, dict) else {}
+        attributes, around = split_extra(parked.extra)
         seconds = parked.occurred_at_ms / 1000
         when: int | float = int(seconds) if seconds.is_integer() else seconds
         try:
@@ -735,9 +739,9 @@ class Replay:
     ) -> None:
         summary = self.summary
         await index.refresh()
-        to_publish: list[tuple[CanonicalEvent, str, bytes]] = []
-        seen_here: set[tuple[str, int]] = set()
-        recorded: list[CanonicalEvent] = []
+        # Per selected record: its verdict and its events, each with whether it is new.
+        plans: list[tuple[Verdict, list[tuple[CanonicalEvent, str, bool]]]] = []
+        to_publish: dict[tuple[str, int], tuple[CanonicalEvent, bytes]] = {}
         for record in records:
             summary.read += 1
             if not self._selected(record):
@@ -746,41 +750,37 @@ class Replay:
             summary.selected += 1
             verdict = self.judge.judge(record)
             origin = f"{record.topic}{_SEPARATOR}{record.partition}{_SEPARATOR}{record.offset}"
-            published_here = False
+            events = []
             for event in verdict.events:
                 topic = self.topics.category(event.category)
                 key = (topic, event.event_id)
-                if index.has(topic, event.event_id) or key in seen_here:
-                    recorded.append(event)
-                    continue
-                seen_here.add(key)
-                to_publish.append((event, topic, origin.encode()))
-                published_here = True
-            if verdict.failures:
+                new = not index.has(topic, event.event_id) and key not in to_publish
+                if new:
+                    to_publish[key] = (event, origin.encode())
+                events.append((event, topic, new))
+            plans.append((verdict, events))
+        too_large = await self._publish(publisher, tp, records, to_publish)
+        recorded: list[CanonicalEvent] = []
+        for verdict, events in plans:
+            failures = list(verdict.failures)
+            failures += [
+                too_large[(topic, event.event_id)]
+                for event, topic, _ in events
+                if (topic, event.event_id) in too_large
+            ]
+            landed = [(e, t, new) for e, t, new in events if (t, e.event_id) not in too_large]
+            recorded += [event for event, _, _ in landed]
+            if failures:
                 summary.failing += 1
-                summary.reasons.update(verdict.failures)
-            elif published_here:
+                summary.reasons.update(failures)
+            elif any(new for _, _, new in landed):
                 summary.published += 1
             else:
                 summary.present += 1
-        if publisher is not None and to_publish:
-            try:
-                await asyncio.gather(
-                    *(
-                        publisher.publish(event, extra_headers=[(REPLAYED_FROM, origin)])
-                        for event, _, origin in to_publish
-                    )
-                )
-            except (PublishError, CodecError) as exc:
-                raise ReplayError(
-                    f"publishing failed ({type(exc).__name__}: {exc}); nothing of this batch"
-                    f" is committed: a rerun continues at offset {records[0].offset} of"
-                    f" {tp.topic}:{tp.partition} and skips what landed"
-                ) from None
-        for event, topic, _ in to_publish:
-            index.add(topic, event.event_id)
-            summary.by_topic[topic] += 1
-            recorded.append(event)
+            for event, topic, new in landed:
+                if new:
+                    index.add(topic, event.event_id)
+                    summary.by_topic[topic] += 1
         if publisher is None or progress is None:
             return  # dry run: nothing written, nothing committed
         if sync is not None and recorded:
@@ -795,6 +795,39 @@ class Replay:
             await progress.commit(tp, end)
         elif records:
             await progress.commit(tp, records[-1].offset + 1)
+
+    async def _publish(
+        self,
+        publisher: Publisher | None,
+        tp: TopicPartition,
+        records: list[Any],
+        to_publish: Mapping[tuple[str, int], tuple[CanonicalEvent, bytes]],
+    ) -> dict[tuple[str, int], str]:
+        """Publish a batch's new events together; the reasons of those too large for their
+        topic (they still fail). Any other failure stops the run before the batch commits."""
+        if publisher is None or not to_publish:
+            return {}
+        keys = list(to_publish)
+        results = await asyncio.gather(
+            *(
+                publisher.publish(event, extra_headers=[(REPLAYED_FROM, origin)])
+                for event, origin in to_publish.values()
+            ),
+            return_exceptions=True,
+        )
+        too_large: dict[tuple[str, int], str] = {}
+        for key, result in zip(keys, results, strict=True):
+            if isinstance(result, RecordTooLargeError):
+                too_large[key] = f"record_too_large: {result.topic}"
+            elif isinstance(result, PublishError | CodecError):
+                raise ReplayError(
+                    f"publishing failed ({type(result).__name__}: {result}); nothing of this"
+                    f" batch is committed: a rerun continues at offset {records[0].offset} of"
+                    f" {tp.topic}:{tp.partition} and skips what landed"
+                ) from None
+            elif isinstance(result, BaseException):
+                raise result
+        return too_large
 
 
 class Progress:

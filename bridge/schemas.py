@@ -158,9 +158,11 @@ def _common_fields(defined: set[str]) -> list[Schema]:
             "type": ["null", "string"],
             "default": None,
             "doc": (
-                "JSON object text of everything Apizee sent that this schema has no field "
-                "for (a key naming an attribute holds its unknown parts; '_envelope' holds "
-                "unknown envelope fields); null when nothing."
+                "JSON object text (RFC 8259, numbers as Apizee wrote them) of everything "
+                "Apizee sent that this schema has no field for (a key naming an attribute "
+                "holds its unknown parts; '_envelope' holds unknown envelope fields; an "
+                "attribute whose name starts with '_' is kept with one more '_' in front); "
+                "null when nothing."
             ),
         },
     ]

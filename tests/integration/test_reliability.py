@@ -80,3 +80,7 @@ async def test_two_replicas_lossy_webhooks_one_replica_killed(
     row = await scenarios.replica_killed(kafka_bootstrap, topic_prefix, tmp_path, CI)
     _check(row, record_property)
     assert row.acked < row.events
+    # The survivor owns the dead replica's tickets once the coordinator evicts it: after the
+    # session timeout, plus a rebalance and a restore, not minutes later.
+    record_property("takeover_ms", row.details["takeover_ms"])
+    assert row.details["takeover_ms"] < 3 * scenarios.SESSION_TIMEOUT_MS + 5000, row.note

@@ -39,6 +39,7 @@ from tests.integration.bridgeproc import TOKEN, BridgeClient, BridgeProcess, pro
 from tests.integration.pollerkit import Census, read_events
 
 SIM_TOKEN: Final = "simulator-token"
+SESSION_TIMEOUT_MS: Final = 2000  # the poller group's, short: tests wait for it
 START_WITHIN: Final = 30.0
 
 
@@ -118,7 +119,7 @@ def _env(bootstrap: str, prefix: str, rest_port: int, port: int, **extra: str) -
         BRIDGE_POLLER_RETIRE_GRACE_SECONDS="3",
         BRIDGE_POLLER_STATE_FLUSH_SECONDS="0.3",
         BRIDGE_POLLER_GROUP_ID=f"{prefix}.bridge",
-        BRIDGE_POLLER_GROUP_SESSION_TIMEOUT_MS="2000",
+        BRIDGE_POLLER_GROUP_SESSION_TIMEOUT_MS=str(SESSION_TIMEOUT_MS),
         BRIDGE_POLLER_GROUP_HEARTBEAT_INTERVAL_MS="300",
         **extra,
     )
@@ -479,20 +480,28 @@ async def replica_killed(bootstrap: str, prefix: str, logs: Path, size: Size) ->
             started = time.monotonic()
             sending = _send(sim, url, drop=0.2, duplicate=0.05, reorder_window=5)
             await _recorded(sim, 0.4, size.load_seconds * 3 + 10)
+            assigned = len(b.process.events("state_partitions_assigned"))
             await a.process.kill()
             killed = time.monotonic()
             recovery.start(sim.recorded_ids(), size.settle_within)
+            # Kafka's group coordinator notices the dead member after the session timeout and
+            # gives its state partitions (hence its tickets) to the survivor.
+            await b.process.wait_events("state_partitions_assigned", assigned + 1, 60)
+            takeover = time.monotonic() - killed
             sent = await sending
             row = await _settle(h, "5 2 replicas, 1 SIGKILLed", sim, sent, recovery, size)
             assert b.process.process.returncode is None, b.process.transcript()
         census = await read_events(bootstrap, prefix)
     polled = len(census.by_source().get("POLLER", set()))
+    row.details.update(takeover_ms=round(takeover * 1000))
     row.note = "; ".join(
         filter(
             None,
             [
                 f"20% dropped, 5% duplicated, reordered (window 5); replica killed"
-                f" {killed - started:.1f}s into the load; {polled} filled by the poller",
+                f" {killed - started:.1f}s into the load; its tickets moved {takeover:.1f}s"
+                f" later (group session timeout {SESSION_TIMEOUT_MS / 1000:g}s);"
+                f" {polled} filled by the poller",
                 row.note,
             ],
         )

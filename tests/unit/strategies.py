@@ -69,7 +69,9 @@ COMMON_PROPS = frozenset({"eventType", "eventCode", "conversationId", "ticketId"
 # Names sure to be attributes the event type does not know: never a common field or one
 # of its own attributes, often the attribute of another type (as in the seed's REST example).
 def unknown_keys(known: tuple[str, ...]) -> st.SearchStrategy[str]:
-    names = st.sampled_from(sorted(ATTRIBUTES)) | text
+    # The reserved key of `extra` and names like it too: none may overwrite another.
+    reserved = st.sampled_from(["_envelope", "__envelope", "_", "__x"])
+    names = st.sampled_from(sorted(ATTRIBUTES)) | reserved | text
     return names.filter(lambda k: k not in COMMON_PROPS and k not in known)
 
 
@@ -81,10 +83,19 @@ def attributes_of(draw: st.DrawFn, event_type: str) -> dict[str, Any]:
     return {**known, **unknown}
 
 
+ENVELOPE_FIELDS = frozenset({"event", "time", "object", "objectId", "props"})
+
+
 @st.composite
 def webhook_bodies(draw: st.DrawFn) -> dict[str, Any]:
     event_type = draw(st.sampled_from(sorted(EVENTS)))
+    # Unknown envelope fields, sometimes named like attributes or the reserved key.
+    names = st.sampled_from(["_envelope", "agent", "deliveryId"]) | text
+    envelope_extra = draw(
+        st.dictionaries(names.filter(lambda k: k not in ENVELOPE_FIELDS), json_values, max_size=2)
+    )
     return {
+        **envelope_extra,
         "event": "create",
         "time": draw(st.integers(0, 4_102_444_800) | st.floats(0, 4_102_444_800)),
         "object": "conversationevent",

@@ -290,3 +290,48 @@ def test_garbage_only_ever_raises_auth_error(
     with pytest.raises(AuthError) as excinfo:
         _everything.verify(hdrs, query, body, now)
     assert excinfo.value.reason in AUTH_REASONS
+
+
+# -- decided from the headers, before the body is read (issue 10) ---------------------------
+
+
+def test_token_and_basic_admit_from_the_headers_alone() -> None:
+    auth = authenticator(token=TOKEN, basic_username=USER, basic_password=PASSWORD)
+    assert auth.admit(headers(X_Webhook_Token=TOKEN), {}, NOW) == "token"
+    assert auth.admit(headers(Authorization=basic(USER, PASSWORD)), {}, NOW) == "basic"
+
+
+@pytest.mark.parametrize(
+    ("hdrs", "reason"),
+    [
+        ({}, "missing_credentials"),
+        ({"X_Webhook_Token": "wrong"}, "bad_token"),
+        ({"Authorization": "Basic !!"}, "bad_basic"),
+        # A signature header that is not even hex or lacks its timestamp: no body needed.
+        ({"X_Apizee_Signature": "zz"}, "bad_signature"),
+        ({"X_Apizee_Signature": "00" * 32}, "bad_timestamp"),
+    ],
+)
+def test_strangers_are_refused_from_the_headers(hdrs: dict[str, str], reason: str) -> None:
+    auth = authenticator(
+        token=TOKEN,
+        basic_username=USER,
+        basic_password=PASSWORD,
+        hmac_secret=HMAC_SECRET,
+        timestamp_header="X-Apizee-Timestamp",
+    )
+    with pytest.raises(AuthError) as caught:
+        auth.admit(headers(**hdrs), {}, NOW)
+    assert caught.value.reason == reason
+
+
+def test_a_well_formed_signature_needs_the_body_and_its_reason_comes_first() -> None:
+    auth = authenticator(token=TOKEN, hmac_secret=HMAC_SECRET)
+    good = headers(X_Apizee_Signature=sign(HMAC_SECRET.encode(), BODY, None, "hex"))
+    assert auth.admit(good, {}, NOW) is None
+    assert auth.verify_body(good, BODY, NOW) == "hmac"
+    forged = headers(X_Apizee_Signature="00" * 32, X_Webhook_Token="wrong")
+    assert auth.admit(forged, {}, NOW) is None
+    with pytest.raises(AuthError) as caught:
+        auth.verify_body(forged, BODY, NOW)
+    assert caught.value.reason == "bad_signature"

@@ -144,3 +144,70 @@ def test_any_valid_webhook_event_round_trips(body: dict[str, Any]) -> None:
 def test_any_valid_rest_event_round_trips(item: dict[str, Any]) -> None:
     event = from_rest(parse_rest_item(item), 42, 1_700_000_000_000)
     assert CODEC.decode(CODEC.encode(event)) == event
+
+
+# -- no amplification (issue 10): the record is never much larger than the body ------------
+
+# The bound: an Avro record of a webhook is at most its body plus this many bytes (framing,
+# receivedAt and source, which the body lacks; the unions' branch bytes). Unknown attributes
+# are written back as the body had them (numbers keep their text, escapes only shrink), and
+# typed values are never longer in Avro than in JSON, except the fixed few above.
+RECORD_OVERHEAD_BOUND = 256
+
+
+def _corpus() -> list[tuple[str, bytes]]:
+    base = webhook("ticket.new", {"agent": {"email": "a@b.c"}}, objectId=1_000_000)
+    bodies: list[tuple[str, bytes]] = []
+
+    def add(name: str, attribute: str) -> None:
+        envelope = json.dumps(base).encode()
+        body = envelope.replace(b'"agent":', f'"x":{attribute},"agent":'.encode(), 1)
+        bodies.append((name, body))
+
+    for n in (1, 100, 200_000):
+        add(f"1e15 x{n}", "[" + ",".join(["1e15"] * n) + "]")
+        add(f"1.0 x{n}", "[" + ",".join(["1.0"] * n) + "]")
+        add(f"5e-324 x{n}", "[" + ",".join(["5e-324"] * n) + "]")
+        add(f"0 x{n}", "[" + ",".join(["0"] * n) + "]")
+        add(f"big ints x{n}", "[" + ",".join([str(2**70)] * n) + "]")
+        add(f"-0.0 x{n}", "[" + ",".join(["-0.0"] * n) + "]")
+        add(f"objects x{n}", "[" + ",".join(['{"a":1e2}'] * n) + "]")
+        add(f"escapes x{n}", json.dumps(['\u00e9\n\u0001"\\/'] * n, ensure_ascii=True))
+        add(f"utf-8 x{n}", json.dumps(["🎥é"] * n, ensure_ascii=False))
+        add(f"long string x{n}", json.dumps("y" * (5 * n)))
+        add(f"empty strings x{n}", json.dumps([""] * n))
+        add(f"nulls x{n}", "[" + ",".join(["null"] * n) + "]")
+    survey = webhook(
+        "survey.answered",
+        {"surveyAnswer": {"questions": [{"id": 0}] * 50_000 + [{"id": 0, "zz": 1}]}},
+        objectId=1,
+    )
+    bodies.append(("survey questions", json.dumps(survey, separators=(",", ":")).encode()))
+    # The issue's body: 1,000,153 bytes of ticket.new whose unknown attribute holds 1e15s.
+    bodies.append(("issue 10", _issue_body()))
+    return bodies
+
+
+def _issue_body() -> bytes:
+    envelope = json.dumps(webhook("ticket.new", {}, objectId=42)).encode()
+    numbers = b",".join([b"1e15"] * 200_000)
+    return envelope.replace(b'"ticketId": 361', b'"ticketId": 361, "x": [' + numbers + b"]")
+
+
+def test_records_are_never_much_larger_than_their_bodies() -> None:
+    worst = []
+    for name, body in _corpus():
+        value = CODEC.encode(from_webhook(parse_webhook(body), 1_749_581_448_123))
+        worst.append((len(value) - len(body), name, len(body), len(value)))
+        assert len(value) <= len(body) + RECORD_OVERHEAD_BOUND, (name, len(body), len(value))
+    worst.sort(reverse=True)
+    print("largest record - body:", worst[:3])
+
+
+def test_the_issue_body_keeps_its_numbers_as_sent() -> None:
+    body = _issue_body()
+    assert len(body) > 1_000_000
+    event = from_webhook(parse_webhook(body), 1)
+    text = json_text(event.extra)
+    assert text == '{"x":[' + ",".join(["1e15"] * 200_000) + "]}"
+    assert len(CODEC.encode(event)) <= len(body) + RECORD_OVERHEAD_BOUND

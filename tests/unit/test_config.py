@@ -384,3 +384,27 @@ def test_every_documented_variable_is_read_from_the_environment(
             continue
         section, field = name.removeprefix("BRIDGE_").lower().split("_", 1)
         assert read[section][field] == "value-of-" + name
+
+
+def test_message_bytes_default_to_the_body_limit_plus_headroom(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_env(monkeypatch, BRIDGE_AUTH_TOKEN="t", BRIDGE_INGRESS_MAX_BODY_BYTES="2000000")
+    settings = load_settings()
+    assert settings.kafka.message_bytes(settings.ingress.max_body_bytes) == 2000000 + 65536
+
+
+def test_message_bytes_too_small_for_a_dead_letter_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    message = config_error(
+        monkeypatch, BRIDGE_AUTH_TOKEN="t", BRIDGE_KAFKA_MAX_MESSAGE_BYTES="1048588"
+    )
+    assert message.startswith("BRIDGE_KAFKA_MAX_MESSAGE_BYTES: must be at least 1052672"), message
+
+
+def test_a_budget_below_one_body_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = config_error(
+        monkeypatch, BRIDGE_AUTH_TOKEN="t", BRIDGE_INGRESS_MAX_BODY_BYTES_IN_FLIGHT="1000"
+    )
+    assert message.startswith("BRIDGE_INGRESS_MAX_BODY_BYTES_IN_FLIGHT: must be at least"), message

@@ -84,10 +84,12 @@ async def _exchange(server: TestServer, head: bytes, parts: list[bytes]) -> tupl
         await asyncio.gather(writer.wait_closed(), return_exceptions=True)
 
 
-def _head(server: TestServer, extra: str) -> bytes:
+def _head(server: TestServer, extra: str, *, token: bool = True) -> bytes:
+    # With the token: a stranger is refused from its headers, before any body is read.
+    auth = "X-Webhook-Token: timeouts-test-token\r\n" if token else ""
     return (
         f"POST {_settings().ingress.path} HTTP/1.1\r\nHost: {server.host}\r\n"
-        f"Content-Type: application/json\r\n{extra}\r\n"
+        f"Content-Type: application/json\r\n{auth}{extra}\r\n"
     ).encode()
 
 
@@ -119,9 +121,9 @@ async def test_a_chunked_body_slower_than_the_request_timeout_is_answered_408(
 
 
 async def test_a_body_that_came_with_its_headers_is_read_at_once(server: TestServer) -> None:
-    # No credentials: the body is read (no timer needed), then refused by authentication.
+    # No credentials: refused by authentication at once, from the headers.
     before = _answers("401", "missing_credentials")
-    head = _head(server, f"Content-Length: {len(BODY)}\r\n") + BODY
+    head = _head(server, f"Content-Length: {len(BODY)}\r\n", token=False) + BODY
 
     status_line, took = await _exchange(server, head, [])
 
@@ -143,7 +145,7 @@ async def test_the_in_flight_gauge_is_sampled_from_the_count(server: TestServer)
     sample_gauges(ingress)
     assert REGISTRY.get_sample_value(gauge) == 0
     # After a request, back to 0 within an interval.
-    head = _head(server, f"Content-Length: {len(BODY)}\r\n") + BODY
+    head = _head(server, f"Content-Length: {len(BODY)}\r\n", token=False) + BODY
     status_line, _ = await _exchange(server, head, [])
     assert status_line.startswith(b"HTTP/1.1 401"), status_line
     assert ingress.in_flight == 0

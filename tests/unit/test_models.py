@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.catalog import EVENTS
-from bridge.codec import Codec
+from bridge.codec import Codec, json_text
 from bridge.errors import InvalidEventError
 from bridge.models import (
     ENVELOPE_EXTRA_KEY,
@@ -20,9 +20,16 @@ from bridge.models import (
     from_webhook,
     parse_rest_item,
     parse_webhook,
+    split_extra,
 )
 from tests.unit.conftest import load_fixture, webhook
-from tests.unit.strategies import COMMON_PROPS, json_values, rest_items, webhook_bodies
+from tests.unit.strategies import (
+    COMMON_PROPS,
+    ENVELOPE_FIELDS,
+    json_values,
+    rest_items,
+    webhook_bodies,
+)
 
 RECEIVED = 1_749_581_448_123
 _CODEC = Codec()
@@ -262,11 +269,14 @@ def test_any_valid_webhook_normalizes_without_losing_anything(body: dict[str, An
     assert event.event_code == props.get("eventCode")
     assert event.occurred_at_ms == round(body["time"] * 1000)
     unknown = {k: v for k, v in props.items() if k not in COMMON_PROPS and k not in spec.attributes}
-    assert {k: event.extra[k] for k in unknown} == unknown
+    attributes_extra, envelope_extra = split_extra(event.extra)
+    assert {k: attributes_extra[k] for k in unknown} == unknown
+    assert envelope_extra == {k: v for k, v in body.items() if k not in ENVELOPE_FIELDS}
     for name in spec.attributes:
         if name in props and isinstance(props[name], dict):
             # Every key Apizee sent is either a typed field or kept in extra.
-            assert set(props[name]) <= set(event.attributes[name]) | set(event.extra.get(name, {}))
+            kept = set(attributes_extra.get(name, {}))
+            assert set(props[name]) <= set(event.attributes[name]) | kept
 
 
 @given(rest_items())
@@ -328,3 +338,106 @@ def test_any_json_value_in_any_field_is_valid_or_a_validation_error(
     if path in REQUIRED_INTEGER_PATHS:
         assert type(value) is int
         assert value >= 0
+
+
+# -- strict JSON, lossless numbers, reserved keys (issue 10) ---------------------------------
+
+_ENVELOPE = (
+    b'{"event":"create","time":1749581447,"object":"conversationevent","objectId":7,'
+    b'"props":{"eventType":"ticket.new","conversationId":1,"ticketId":2,@PROPS@}@ENV@}'
+)
+
+
+def _body(props: str, envelope: str = "") -> bytes:
+    return _ENVELOPE.replace(b"@PROPS@", props.encode()).replace(b"@ENV@", envelope.encode())
+
+
+@pytest.mark.parametrize(
+    ("props", "envelope"),
+    [
+        ('"a":NaN', ""),
+        ('"a":Infinity', ""),
+        ('"a":-Infinity', ""),
+        ('"a":[1,{"b":NaN}]', ""),
+        ('"agent":{"email":"x","zz":NaN}', ""),
+        ('"a":1', ',"deliveryId":NaN'),
+        ('"a":1', ',"d":{"e":[Infinity]}'),
+    ],
+)
+def test_nan_and_infinity_are_not_json_and_are_refused(props: str, envelope: str) -> None:
+    with pytest.raises(InvalidEventError) as caught:
+        normalize_body(_body(props, envelope))
+    assert caught.value.kind == "invalid_json"
+    assert "is not a JSON number (RFC 8259)" in caught.value.reason
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"])
+def test_a_time_that_is_not_a_finite_number_says_so(literal: str) -> None:
+    body = _body('"a":1').replace(b'"time":1749581447', f'"time":{literal}'.encode())
+    with pytest.raises(InvalidEventError) as caught:
+        normalize_body(body)
+    assert caught.value.reason == "time: Input should be a finite number"
+
+
+def test_a_typed_double_beyond_range_is_refused_not_stored_as_infinity() -> None:
+    body = _body('"geoloc":{"lat":1e400,"lng":0}').replace(b"ticket.new", b"geo.ansAllowed")
+    with pytest.raises(InvalidEventError, match=r"geoloc\.lat: Input should be a finite number"):
+        normalize_body(body)
+
+
+def test_unknown_numbers_keep_their_text_exactly() -> None:
+    numbers = "1e15,1E+2,2.50,-0.0,1e400,-1e-400,0.1,99999999999999999999999,-12,5e-324"
+    event = normalize_body(_body(f'"x":[{numbers}],"y":{{"z":1.0}}', ',"w":3.14159265358979323846'))
+    text = json_text(event.extra)
+    assert text == (
+        f'{{"_envelope":{{"w":3.14159265358979323846}},"x":[{numbers}],"y":{{"z":1.0}}}}'
+    )
+    # And still numbers of the right value for Python code holding the event.
+    assert event.extra["x"][0] == 1e15
+    assert event.extra["x"][7] == 99999999999999999999999
+
+
+@pytest.mark.parametrize("name", ["_envelope", "__envelope", "_", "__", "_x", "___"])
+def test_attributes_named_like_reserved_keys_never_collide_with_the_envelope(name: str) -> None:
+    body = json.dumps(
+        {
+            **webhook("ticket.new", {name: {"from": "props"}, "plain": 1}),
+            "foo": 1,
+            ENVELOPE_EXTRA_KEY: "envelope field named like the key",
+        }
+    ).encode()
+    event = normalize_body(body)
+    attributes, envelope = split_extra(event.extra)
+    assert attributes == {name: {"from": "props"}, "plain": 1}
+    assert envelope == {"foo": 1, ENVELOPE_EXTRA_KEY: "envelope field named like the key"}
+    assert event.extra[ENVELOPE_EXTRA_KEY] == envelope
+    assert event.extra["_" + name] == {"from": "props"}
+
+
+def test_reserved_names_in_rest_items_are_escaped_the_same_way() -> None:
+    item = parse_rest_item(
+        {
+            "id": 1,
+            "eventType": "whiteboard.drawn",
+            "timestamp": 1,
+            "conversationId": 2,
+            "data": {ENVELOPE_EXTRA_KEY: 1},
+            "other": True,
+        }
+    )
+    event = from_rest(item, 3, RECEIVED)
+    assert split_extra(event.extra) == ({ENVELOPE_EXTRA_KEY: 1}, {"other": True})
+
+
+def test_rest_numbers_beyond_a_double_are_refused_not_written_as_null() -> None:
+    item = parse_rest_item(
+        {
+            "id": 1,
+            "eventType": "ticket.new",
+            "timestamp": 1,
+            "conversationId": 2,
+            "data": {"x": [float("inf")]},
+        }
+    )
+    with pytest.raises(InvalidEventError, match=r"data\.x\.0: inf is not a JSON number"):
+        from_rest(item, 3, RECEIVED)
