@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install kafka lint format test test-unit test-integration ops-tools consumer-kit run bench reliability schemas vectors docs clean
+.PHONY: install kafka registry lint format test test-unit test-integration ops-tools consumer-kit run bench reliability schemas vectors docs clean
 
 install: $(STAMP)
 
@@ -26,6 +26,17 @@ $(KAFKA_STAMP): devkafka/pom.xml
 	  -DoutputDirectory=lib -DincludeScope=runtime
 	touch $@
 
+# The Schema Registry of the tests: Apicurio Registry built by devregistry/ (a Quarkus build over
+# Maven Central's jars, devregistry/README.md). Built once, online; later runs find the jar newer
+# than every pom and source of devregistry/ and run no Maven at all.
+REGISTRY_JAR := devregistry/server/target/apicurio-registry-runner.jar
+REGISTRY_SOURCES := $(shell find devregistry -name target -prune -o -type f \( -name pom.xml -o -path '*/src/*' \) -print)
+registry: $(REGISTRY_JAR)
+
+$(REGISTRY_JAR): $(REGISTRY_SOURCES)
+	cd devregistry && mvn -q -B -Dstyle.color=never -Djansi.force=false package
+	touch $@
+
 lint: install
 	$(BIN)/ruff check bridge tests bench
 	$(BIN)/ruff format --check bridge tests bench
@@ -35,13 +46,13 @@ format: install
 	$(BIN)/ruff format bridge tests bench
 	$(BIN)/ruff check --fix bridge tests bench
 
-test: install kafka lint ops-tools consumer-kit
+test: install kafka registry lint ops-tools consumer-kit
 	$(BIN)/python -m pytest -q
 
 test-unit: install
 	$(BIN)/python -m pytest -q tests/unit
 
-test-integration: install kafka ops-tools
+test-integration: install kafka registry ops-tools
 	$(BIN)/python -m pytest -q tests/integration
 
 # promtool and prometheus for tests/integration/test_ops.py, from Debian's package: only when

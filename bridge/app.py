@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import multiprocessing
 import os
 import signal
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,13 +26,15 @@ from bridge.admission import LINGER_SECONDS, PublicRunner
 from bridge.apizee import ApizeeClient
 from bridge.auth import Authenticator
 from bridge.codec import Codec
-from bridge.config import BridgeSettings
+from bridge.config import BridgeSettings, SchemaSettings
 from bridge.dedupe import RecentIds
+from bridge.errors import SchemaRejectedError
 from bridge.ingress import AccessLogger, Ingress, build_admin_app, build_public_app
 from bridge.logs import configure_logging
 from bridge.models import CanonicalEvent
 from bridge.poller import Poller, PollResult
 from bridge.publisher import Publisher, connection_kwargs
+from bridge.registry import SchemaRegistration, SchemaToRegister, subject_name
 from bridge.state import StateStore, StateSync
 
 log = structlog.get_logger(__name__)
@@ -118,21 +121,65 @@ async def tracking(
         await client.close()
 
 
+def schemas_to_register(
+    settings: SchemaSettings, codec: Codec, publisher: Publisher
+) -> list[SchemaToRegister]:
+    """Every schema of `codec` under its subject: the topic its events go to and the record's
+    full name, named by the configured strategy."""
+    return [
+        SchemaToRegister(
+            event_type=event_type,
+            subject=subject_name(
+                settings.subject_strategy, publisher.topic_for(event_type), writer.full_name
+            ),
+            schema_text=json.dumps(writer.schema, separators=(",", ":"), ensure_ascii=False),
+        )
+        for event_type, writer in codec.writers.items()
+    ]
+
+
+@contextlib.asynccontextmanager
+async def schema_registration(
+    settings: SchemaSettings, codec: Codec, publisher: Publisher
+) -> AsyncIterator[SchemaRegistration]:
+    """Registry mode: the schemas registered in the background; once their ids are known the
+    publisher frames events the Confluent way."""
+
+    def registered(ids: Mapping[str, int]) -> None:
+        publisher.use_codec(Codec(schema_ids=ids))
+
+    registration = SchemaRegistration(
+        settings, schemas_to_register(settings, codec, publisher), registered
+    )
+    await registration.start()
+    try:
+        yield registration
+    finally:
+        await registration.stop()
+
+
 @contextlib.asynccontextmanager
 async def bridge_resources(settings: BridgeSettings) -> AsyncIterator[Ingress]:
     """Create the producer and the shared state; close them in reverse on exit."""
     codec = Codec()
     dedupe = RecentIds(settings.dedupe.window_seconds, settings.dedupe.max_entries)
     polling = polling_enabled(settings)
+    registry_mode = settings.schema.registry_url is not None
     publisher = Publisher(
         settings.kafka,
         codec,
         max_body_bytes=settings.ingress.max_body_bytes,
         state_topic=polling,
+        schemas_pending=registry_mode,
     )
     await publisher.start()
     try:
         async with contextlib.AsyncExitStack() as stack:
+            registration = None
+            if registry_mode:
+                registration = await stack.enter_async_context(
+                    schema_registration(settings.schema, codec, publisher)
+                )
             tracker = None
             if polling:
                 tracker = await stack.enter_async_context(tracking(settings, publisher, dedupe))
@@ -144,6 +191,7 @@ async def bridge_resources(settings: BridgeSettings) -> AsyncIterator[Ingress]:
                 authenticator=Authenticator(settings.auth),
                 dedupe=dedupe,
                 tracker=tracker,
+                schemas=registration,
             )
     finally:
         await publisher.stop()
@@ -163,18 +211,33 @@ async def backfill(
     """
     codec = Codec()
     dedupe = RecentIds(settings.dedupe.window_seconds, settings.dedupe.max_entries)
+    registry_mode = settings.schema.registry_url is not None
     publisher = Publisher(
-        settings.kafka, codec, max_body_bytes=settings.ingress.max_body_bytes, state_topic=True
+        settings.kafka,
+        codec,
+        max_body_bytes=settings.ingress.max_body_bytes,
+        state_topic=True,
+        schemas_pending=registry_mode,
     )
     await publisher.start()
+    stack = contextlib.AsyncExitStack()
+    registration: SchemaRegistration | None = None
     try:
         try:
             async with asyncio.timeout(ready_timeout):
                 await publisher.wait_ready()
+                if registry_mode:
+                    registration = await stack.enter_async_context(
+                        schema_registration(settings.schema, codec, publisher)
+                    )
+                    await registration.finished
         except TimeoutError:
-            raise BackfillError(
-                f"Kafka not ready within {ready_timeout:g}s: {publisher.not_ready_reason}"
-            ) from None
+            reason = publisher.not_ready_reason
+            if reason is None and registration is not None:
+                reason = registration.not_ready_reason
+            raise BackfillError(f"not ready within {ready_timeout:g}s: {reason}") from None
+        except SchemaRejectedError as exc:
+            raise BackfillError(str(exc)) from None
         store, sync = _state(settings, publisher, in_group=False)
         await sync.restore_all(await publisher.partition_count(publisher.topics.state))
         async with ApizeeClient(settings.apizee) as client:
@@ -194,6 +257,7 @@ async def backfill(
         await sync.flush()
         return list(results)
     finally:
+        await stack.aclose()
         await publisher.stop()
 
 
@@ -276,7 +340,7 @@ async def serve(
             )
             if on_listening is not None:
                 on_listening(listening)
-            await stop.wait()
+            await _until_stopped(stop, ingress.schemas)
             log.info("shutting_down", grace_seconds=ingress_settings.shutdown_grace_seconds)
             ingress.shutting_down = True
         finally:
@@ -286,6 +350,22 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(sig)
     log.info("stopped")
+
+
+async def _until_stopped(stop: asyncio.Event, schemas: object) -> None:
+    """Until `stop` is set; raises SchemaRejectedError at once if the registry refused a
+    schema (the bridge must not run on: it could never publish)."""
+    if not isinstance(schemas, SchemaRegistration):
+        await stop.wait()
+        return
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({stopping, schemas.finished}, return_when=asyncio.FIRST_COMPLETED)
+        if schemas.finished.done():
+            schemas.finished.result()  # raises SchemaRejectedError when refused
+            await stopping
+    finally:
+        stopping.cancel()
 
 
 def _display_host(host: str) -> str:
@@ -311,7 +391,11 @@ def _worker_main(settings: BridgeSettings) -> None:
     configure_logging(settings.log.level, settings.log.format)
     import uvloop
 
-    uvloop.run(serve(settings, reuse_port=True))
+    try:
+        uvloop.run(serve(settings, reuse_port=True))
+    except SchemaRejectedError:
+        # Logged once where it happened; no traceback on top of that line.
+        raise SystemExit(2) from None
 
 
 def run_workers(settings: BridgeSettings, workers: int) -> int:

@@ -30,6 +30,7 @@ def _load_settings_or_exit(**overrides: Any) -> BridgeSettings:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from bridge.app import run, run_workers
+    from bridge.errors import SchemaRejectedError
 
     overrides: dict[str, Any] = {}
     if args.workers is not None:
@@ -37,7 +38,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = _load_settings_or_exit(**overrides)
     if settings.ingress.workers > 1:
         return run_workers(settings, settings.ingress.workers)
-    run(settings)
+    try:
+        run(settings)
+    except SchemaRejectedError:
+        # Logged once where it happened: the subject and the registry's message.
+        return EXIT_CONFIG
     return 0
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -332,6 +334,94 @@ class KafkaSettings(_Section):
             raise _problem(
                 "kafka", "ssl_certfile", f"required when {env_name('kafka', 'ssl_keyfile')} is set"
             )
+        return self
+
+
+class SchemaSettings(_Section):
+    """How records are framed: Avro single-object encoding, or the Confluent wire format with
+    the schemas registered in a Confluent-compatible Schema Registry."""
+
+    SECTION = "schema"
+    SECRET_FIELDS = ("registry_password",)
+
+    registry_url: OptionalStr = Field(
+        default=None,
+        description=(
+            "Base URL of a Confluent-compatible Schema Registry (Confluent, Karapace, Redpanda;"
+            " Apicurio: `https://host/apis/ccompat/v7`). Set: the bridge registers its 33 schemas"
+            " at start-up and frames every record the Confluent way (`00` + schema id). Unset:"
+            " Avro single-object encoding, no registry."
+        ),
+    )
+    registry_username: OptionalStr = Field(
+        default=None, description="HTTP Basic username for the registry; set with the password."
+    )
+    registry_password: OptionalSecret = Field(
+        default=None, description="HTTP Basic password for the registry; set with the username."
+    )
+    registry_password_file: OptionalPath = _secret_file_field("registry_password", "schema")
+    registry_ca_file: OptionalFile = Field(
+        default=None,
+        description="PEM file of CA certificates to verify an https registry; unset: system CAs.",
+    )
+    registry_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Timeout of one registry request, connect to last byte."
+    )
+    registry_retry_max_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "While the registry is unreachable at start-up the bridge is not ready and retries"
+            " with exponential backoff (from 0.5 s, with jitter) up to this delay."
+        ),
+    )
+    subject_strategy: Literal["topic_record", "record"] = Field(
+        default="topic_record",
+        description=(
+            "Subject names: `topic_record` (TopicRecordNameStrategy, `{topic}-{record full"
+            " name}`: several event types share a category topic) or `record`"
+            " (RecordNameStrategy, `{record full name}`)."
+        ),
+    )
+
+    @field_validator("registry_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlsplit(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        if parsed.username is not None or parsed.password is not None:
+            # Credentials in a URL end up in logs and error messages.
+            raise ValueError(
+                "must not carry credentials: set BRIDGE_SCHEMA_REGISTRY_USERNAME and"
+                " BRIDGE_SCHEMA_REGISTRY_PASSWORD"
+            )
+        if parsed.query or parsed.fragment:
+            raise ValueError("must not have a query or fragment")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SchemaSettings:
+        self._resolve_secret_files()
+        if (self.registry_username is None) != (self.registry_password is None):
+            missing = "registry_password" if self.registry_password is None else "registry_username"
+            raise _problem(
+                self.SECTION,
+                missing,
+                f"set both {env_name(self.SECTION, 'registry_username')} and"
+                f" {env_name(self.SECTION, 'registry_password')}, or neither",
+            )
+        if self.registry_url is None:
+            for name in ("registry_username", "registry_ca_file"):
+                if getattr(self, name) is not None:
+                    raise _problem(
+                        self.SECTION,
+                        name,
+                        f"only used with {env_name(self.SECTION, 'registry_url')}; set it or"
+                        " unset this",
+                    )
         return self
 
 
@@ -749,7 +839,22 @@ class PollerSettings(_Section):
     )
 
 
-class BridgeSettings(BaseSettings):
+with warnings.catch_warnings():
+    # The section of BRIDGE_SCHEMA_* is `schema`, which shadows BaseModel.schema(), pydantic
+    # v1's deprecated JSON-schema method (nothing here calls it); pydantic warns once, here.
+    warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
+
+    class _KafkaSections(BaseSettings):
+        """Kafka and the framing of its records (a base of BridgeSettings only so that the
+        warning is silenced where `schema` is declared; base fields come first)."""
+
+        kafka: KafkaSettings = Field(description="Kafka cluster and topics.")
+        schema: SchemaSettings = Field(  # type: ignore[assignment]
+            description="Record framing and the Schema Registry."
+        )
+
+
+class BridgeSettings(_KafkaSections):
     """Every setting of the bridge. Section names carry no underscore: `BRIDGE_<SECTION>_` is
     split once, so the rest of the variable name is the field name."""
 
@@ -760,7 +865,6 @@ class BridgeSettings(BaseSettings):
         extra="forbid",
     )
 
-    kafka: KafkaSettings = Field(description="Kafka cluster and topics.")
     ingress: IngressSettings = Field(description="Webhook HTTP server.")
     admin: AdminSettings = Field(description="Admin HTTP server.")
     auth: AuthSettings = Field(description="Webhook authentication.")

@@ -164,3 +164,44 @@ class ApizeeUnavailableError(ApizeeError):
     def __init__(self, message: str, *, kind: str, status: int | None = None) -> None:
         super().__init__(message, status=status)
         self.kind = kind
+
+
+class SchemasNotRegisteredError(PublishError):
+    """Registry mode, and the schema ids are not known yet: answered 503 so that the sender
+    retries (nothing is published in a framing consumers do not expect)."""
+
+    kind = "schemas_not_registered"
+
+
+class SchemaRegistryError(BridgeError):
+    """The Schema Registry did not register or give a schema.
+
+    `outcome` is a bounded label for metrics (`conflict`, `invalid`, `unauthorized`,
+    `not_found`, `client_error`, `server_error`, `timeout`, `connection_error`); `status` is
+    the HTTP status when the registry answered one.
+    """
+
+    def __init__(self, message: str, *, outcome: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.status = status
+
+
+class SchemaRegistryUnavailableError(SchemaRegistryError):
+    """Unreachable, timed out, failing (5xx) or refusing the request for a reason a retry may
+    cure (credentials not yet provisioned, a registry still starting): retried with backoff."""
+
+
+class SchemaRejectedError(SchemaRegistryError):
+    """The registry refused a schema (409: incompatible with what the subject holds; 422: not
+    a valid schema): the bridge refuses to start. Carries the subject and the registry's
+    own message."""
+
+    def __init__(self, subject: str, registry_message: str, *, outcome: str, status: int) -> None:
+        super().__init__(
+            f"schema registry refused subject {subject!r} ({status}): {registry_message}",
+            outcome=outcome,
+            status=status,
+        )
+        self.subject = subject
+        self.registry_message = registry_message

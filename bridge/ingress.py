@@ -33,6 +33,7 @@ from bridge.errors import (
     PublishError,
     RecordTooLargeError,
     RequestTimeoutError,
+    SchemasNotRegisteredError,
     UnsupportedMediaTypeError,
 )
 from bridge.models import CanonicalEvent, from_webhook, parse_webhook
@@ -63,6 +64,13 @@ class Tracker(Protocol):
         ...
 
 
+class Schemas(Protocol):
+    """Registry mode: the registration of the schemas (bridge.registry.SchemaRegistration)."""
+
+    @property
+    def not_ready_reason(self) -> str | None: ...
+
+
 @dataclass
 class Ingress:
     """What the webhook handler needs, shared with the admin app for readiness."""
@@ -72,6 +80,7 @@ class Ingress:
     authenticator: Authenticator
     dedupe: RecentIds
     tracker: Tracker | None = None
+    schemas: Schemas | None = None
     shutting_down: bool = field(default=False)
     # Webhooks being handled now; the gauge samples it (see sample_gauges).
     in_flight: int = field(default=0)
@@ -88,6 +97,8 @@ class Ingress:
         if self.shutting_down:
             return "shutting down"
         reason = self.publisher.not_ready_reason
+        if reason is None and self.schemas is not None:
+            reason = self.schemas.not_ready_reason
         if reason is None and self.tracker is not None:
             reason = self.tracker.not_ready_reason
         return reason
@@ -145,7 +156,8 @@ def _error_response(exc: Exception, ingress: Ingress) -> tuple[web.Response, str
         return _json(503, body, headers), "over_capacity"
     if isinstance(exc, PublishError):
         retry_after = {"Retry-After": str(ingress.settings.ingress.retry_after_seconds)}
-        body = {"status": "unavailable", "reason": f"Kafka did not acknowledge: {exc.kind}"}
+        why = str(exc) if isinstance(exc, SchemasNotRegisteredError) else None
+        body = {"status": "unavailable", "reason": why or f"Kafka did not acknowledge: {exc.kind}"}
         return _json(503, body, retry_after), exc.kind
     return _json(500, {"status": "error", "reason": "internal error"}), "internal_error"
 

@@ -84,6 +84,7 @@ REASONS: Final = (
     "over_capacity",
     "kafka_unavailable",
     "publish_timeout",
+    "schemas_not_registered",
     "internal_error",
 )
 
@@ -317,5 +318,38 @@ STATE_RESTORE_SECONDS = Gauge(
 STATE_READY = Gauge(
     f"{PREFIX}_state_restored",
     "1 once the state of this replica's partitions is restored (readiness needs it).",
+    multiprocess_mode="livemin",
+)
+
+# Schema Registry (bridge/registry.py): the `outcome` label of schema_registry_requests_total.
+SCHEMA_REGISTRY_OUTCOMES: Final = (
+    "ok",
+    "conflict",
+    "invalid",
+    "unauthorized",
+    "not_found",
+    "client_error",
+    "server_error",
+    "timeout",
+    "connection_error",
+)
+
+SCHEMA_REGISTRY_REQUESTS = Counter(
+    f"{PREFIX}_schema_registry_requests_total",
+    "Requests sent to the Schema Registry (each retry counts), by outcome: ok, conflict (409),"
+    " invalid (422), unauthorized (401/403), not_found, client_error, server_error,"
+    " timeout, connection_error.",
+    ["outcome"],
+)
+SCHEMA_REGISTRY_FAILURES = Counter(
+    f"{PREFIX}_schema_registry_failures_total",
+    "Registrations of the schema set that failed, by kind: unavailable (not ready, retried"
+    " with backoff), rejected (a schema refused: the bridge stops).",
+    ["kind"],
+)
+SCHEMAS_REGISTERED = Gauge(
+    f"{PREFIX}_schemas_registered",
+    "Schemas whose Schema Registry id the bridge holds (all 33 before registry mode is"
+    " ready; 0 without a registry).",
     multiprocess_mode="livemin",
 )

@@ -42,6 +42,7 @@ from bridge.errors import (
     KafkaUnavailableError,
     PublishTimeoutError,
     RecordTooLargeError,
+    SchemasNotRegisteredError,
 )
 from bridge.models import CanonicalEvent
 
@@ -246,6 +247,7 @@ class Publisher:
         health_interval: float = 2.0,
         on_acked: Callable[[CanonicalEvent], None] | None = None,
         state_topic: bool = False,
+        schemas_pending: bool = False,
     ) -> None:
         self._settings = settings
         self._codec = codec
@@ -258,6 +260,8 @@ class Publisher:
         self._limits_stale = True
         self._replace_producer = False
         self._replacing = False
+        # Registry mode: events wait for use_codec() (the ids); DLQ and state records do not.
+        self._schemas_pending = schemas_pending
         self._health_interval = health_interval
         self._timeout = settings.publish_timeout_seconds
         self._on_acked = on_acked
@@ -303,6 +307,16 @@ class Publisher:
                 fingerprint_header=writer.fingerprint_hex.encode(),
             )
         return routes
+
+    def topic_for(self, event_type: str) -> str:
+        """The topic events of `event_type` go to (the unknown topic for types not in the
+        catalog)."""
+        return self._routes.get(event_type, self._routes[""]).topic
+
+    def use_codec(self, codec: Codec) -> None:
+        """Encode events with `codec` from now on: in registry mode, once the ids are known."""
+        self._codec = codec
+        self._schemas_pending = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -665,6 +679,8 @@ class Publisher:
             event_type_header = event.event_type.encode()
         else:
             event_type_header = route.event_type_header
+        if self._schemas_pending:
+            raise SchemasNotRegisteredError("schemas not registered with the schema registry yet")
         try:
             value = self._codec.encode(event)
         except CodecError:

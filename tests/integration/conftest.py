@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bridge.devbroker import KafkaCluster, TansuBroker
+from bridge.devregistry import RegistryServer
 
 # Every broker or cluster a test started, so a failure report can show its log tail.
 _LOGGED = pytest.StashKey[list[KafkaCluster | TansuBroker]]()
@@ -87,3 +88,12 @@ def pytest_runtest_makereport(
         for server in item.config.stash.get(_LOGGED, []):
             report.sections.append((f"broker log tail {server!r}", server.log_tail()))
     return report
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """The session's Schema Registry: Apicurio (`make registry`), in memory; `.url` is its
+    Confluent-compatible API. Tests keep apart by subject (their topic prefix)."""
+    log_path = tmp_path_factory.mktemp("registry") / "apicurio.log"
+    with RegistryServer(log_path=log_path) as registry:
+        yield registry

@@ -17,8 +17,10 @@ import pytest
 
 from bridge.codec import Codec
 from bridge.config import BridgeSettings
+from bridge.devregistry import RegistryServer
 from tests.integration.bridgeproc import bridge_settings, running_bridge
 from tests.integration.readback import consume_async
+from tests.integration.registrykit import preregister
 from tests.vectors.generate import (
     HERE as VECTORS,
 )
@@ -99,9 +101,25 @@ async def test_java_consumer_reads_every_seed_event_equal_to_python(
     )
 
 
-# TODO(registry mode): once the bridge has a registry mode and the tests a registry server,
-# the same check with the bridge's settings naming the registry, `codec` the Python codec
-# holding the registry's ids and `java_args=("--schema-registry-url", url)`.
+async def test_java_consumer_reads_registry_mode_records_equal_to_python(
+    kafka_bootstrap: str, topic_prefix: str, kit_classpath: str, schema_registry: RegistryServer
+) -> None:
+    # The ids the bridge will get: registering the same schema under the same subject returns
+    # the id the subject already holds, so registering first tells the Python codec.
+    ids = await asyncio.to_thread(preregister, schema_registry.url, topic_prefix)
+    settings = bridge_settings(
+        kafka_bootstrap, topic_prefix, schema={"registry_url": schema_registry.url}
+    )
+    await _java_reads_what_python_reads(
+        kafka_bootstrap,
+        topic_prefix,
+        kit_classpath,
+        settings,
+        codec=Codec(schema_ids=ids),
+        java_args=("--schema-registry-url", schema_registry.url),
+    )
+
+
 async def _java_reads_what_python_reads(
     kafka_bootstrap: str,
     topic_prefix: str,

@@ -26,6 +26,7 @@ from tests.helmchart import CHART, DASHBOARD, NAMESPACE, RELEASE, REPO, render, 
 
 SECRETS_DIR = "/etc/apizee-kafka-bridge/secrets/"
 TLS_DIR = "/etc/apizee-kafka-bridge/kafka-tls/"
+REGISTRY_TLS_DIR = "/etc/apizee-kafka-bridge/schema-registry-tls/"
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest known.
 KUBE_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
 
@@ -44,6 +45,11 @@ ALL_ON: dict[str, Any] = {
             "sasl_username": "apizee-bridge",
             "linger_ms": 10,
         },
+        "schema": {
+            "registry_url": "https://registry.example.com/apis/ccompat/v7",
+            "registry_username": "apizee-bridge",
+            "subject_strategy": "record",
+        },
         "auth": {"hmac_header": "X-Signature", "hmac_prefix": "sha256="},
         "dedupe": {"max_entries": 1_000_000},
         "apizee": {"base_url": "https://apizee.example.com", "rate_limit_per_second": 2.5},
@@ -56,6 +62,7 @@ ALL_ON: dict[str, Any] = {
         "authHmacSecret": "hmac-secret",
         "kafkaSaslPassword": "sasl-password",
         "kafkaSslKeyPassword": "key-password",
+        "schemaRegistryPassword": "registry-password",
     },
     "kafkaTls": {
         "existingSecret": "kafka-client-tls",
@@ -63,6 +70,7 @@ ALL_ON: dict[str, Any] = {
         "certKey": "tls.crt",
         "keyKey": "tls.key",
     },
+    "schemaRegistryTls": {"existingSecret": "registry-ca", "caKey": "ca.pem"},
     "service": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["203.0.113.0/24"]},
     "ingress": {
         "enabled": True,
@@ -291,7 +299,11 @@ def _settings_from_manifests(
         if volume["name"] == "secrets":
             items = {i["path"]: i["key"] for i in volume["secret"]["items"]}
     for name, value in list(env.items()):
-        for mount, source in ((SECRETS_DIR, "secret"), (TLS_DIR, "tls")):
+        for mount, source in (
+            (SECRETS_DIR, "secret"),
+            (TLS_DIR, "tls"),
+            (REGISTRY_TLS_DIR, "registry-tls"),
+        ):
             if value.startswith(mount):
                 file = tmp_path / source / value.removeprefix(mount)
                 file.parent.mkdir(exist_ok=True)
@@ -341,6 +353,12 @@ def test_all_on_config_loads_in_the_bridge(tmp_path: Path, monkeypatch: pytest.M
     assert settings.auth.methods == ("hmac",)
     assert settings.auth.hmac_prefix == "sha256="
     assert settings.ingress.workers == 2
+    assert settings.schema.registry_url == "https://registry.example.com/apis/ccompat/v7"
+    assert settings.schema.registry_password is not None
+    assert settings.schema.registry_password.get_secret_value() == "registry-password"
+    assert settings.schema.registry_ca_file is not None
+    assert settings.schema.registry_ca_file.name == "ca.pem"
+    assert settings.schema.subject_strategy == "record"
 
 
 def test_existing_secret_is_mounted_not_created() -> None:
@@ -396,6 +414,18 @@ def test_insecure_mode_mounts_no_secret() -> None:
         ),
         ({"secrets": {"existingSecret": "mine"}}, "no webhook authentication"),
         (
+            {"secrets": {"schemaRegistryPassword": "pw"}},
+            "set config.schema.registry_username too",
+        ),
+        (
+            {"config": {"schema": {"registry_url": "https://r", "registry_username": "u"}}},
+            "set secrets.schemaRegistryPassword",
+        ),
+        (
+            {"schemaRegistryTls": {"existingSecret": "ca", "caKey": "ca.pem"}},
+            "set config.schema.registry_url too",
+        ),
+        (
             {
                 "config": {
                     "kafka": {
@@ -422,6 +452,7 @@ CHART_OWNED = {
     "ingress": {"host", "port"},
     "admin": {"host", "port"},
     "kafka": {"ssl_cafile", "ssl_certfile", "ssl_keyfile"},
+    "schema": {"registry_ca_file"},
 }
 _CONSTRAINTS = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "minLength")
 
@@ -651,7 +682,7 @@ def test_helm_test_hook_runs_check_with_what_the_bridge_runs_with(
     assert check.get("volumeMounts", []) == mounted
     assert spec.get("volumes", []) == [v for v in bridge_spec["volumes"] if v["name"] != "tmp"]
     if name == "all_on":
-        assert {m["name"] for m in mounted} == {"secrets", "kafka-tls"}
+        assert {m["name"] for m in mounted} == {"secrets", "kafka-tls", "schema-registry-tls"}
     assert spec["serviceAccountName"] == bridge_spec["serviceAccountName"]
     assert spec["securityContext"] == bridge_spec["securityContext"]
     assert check["securityContext"] == bridge["securityContext"]

@@ -132,6 +132,29 @@ def test_secret_from_file_strips_one_trailing_newline(
     assert settings.kafka.sasl_password.get_secret_value() == "sasl-pass"
 
 
+def test_registry_mode_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    set_env(monkeypatch, BRIDGE_AUTH_TOKEN=SECRET)
+    assert load_settings().schema.registry_url is None  # single-object encoding by default
+    password = tmp_path / "registry-password"
+    password.write_text("registry-" + SECRET + "\n")
+    set_env(
+        monkeypatch,
+        BRIDGE_SCHEMA_REGISTRY_URL="https://registry.example.com/apis/ccompat/v7/",
+        BRIDGE_SCHEMA_REGISTRY_USERNAME="bridge",
+        BRIDGE_SCHEMA_REGISTRY_PASSWORD_FILE=str(password),
+        BRIDGE_SCHEMA_SUBJECT_STRATEGY="record",
+    )
+    settings = load_settings()
+    assert settings.schema.registry_url == "https://registry.example.com/apis/ccompat/v7"
+    assert settings.schema.registry_password is not None
+    assert settings.schema.registry_password.get_secret_value() == "registry-" + SECRET
+    assert settings.schema.subject_strategy == "record"
+    assert settings.schema.registry_timeout_seconds == 10.0
+    dump = redacted_dump(settings)
+    assert SECRET not in json.dumps(dump)
+    assert dump["schema"]["registry_password"] == REDACTED
+
+
 def test_secret_and_secret_file_together_is_an_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -232,6 +255,22 @@ def test_named_config_file_must_exist_and_parse(
         ({"BRIDGE_AUTH_BASIC_USERNAME": "apizee"}, "BRIDGE_AUTH_BASIC_PASSWORD"),
         ({"BRIDGE_LOG_LEVEL": "verbose"}, "BRIDGE_LOG_LEVEL"),
         ({"BRIDGE_DEDUPE_WINDOW_SECONDS": "-1"}, "BRIDGE_DEDUPE_WINDOW_SECONDS"),
+        ({"BRIDGE_SCHEMA_REGISTRY_URL": "registry:8081"}, "BRIDGE_SCHEMA_REGISTRY_URL"),
+        (
+            {"BRIDGE_SCHEMA_REGISTRY_URL": f"https://bridge:{SECRET}@registry"},
+            "BRIDGE_SCHEMA_REGISTRY_URL",
+        ),
+        (
+            {"BRIDGE_SCHEMA_REGISTRY_URL": "https://r", "BRIDGE_SCHEMA_REGISTRY_USERNAME": "b"},
+            "BRIDGE_SCHEMA_REGISTRY_PASSWORD",
+        ),
+        ({"BRIDGE_SCHEMA_REGISTRY_USERNAME": "b"}, "BRIDGE_SCHEMA_REGISTRY_PASSWORD"),
+        (
+            {"BRIDGE_SCHEMA_REGISTRY_USERNAME": "b", "BRIDGE_SCHEMA_REGISTRY_PASSWORD": "p"},
+            "BRIDGE_SCHEMA_REGISTRY_USERNAME",
+        ),
+        ({"BRIDGE_SCHEMA_SUBJECT_STRATEGY": "topic"}, "BRIDGE_SCHEMA_SUBJECT_STRATEGY"),
+        ({"BRIDGE_SCHEMA_REGISTRY_TIMEOUT_SECONDS": "0"}, "BRIDGE_SCHEMA_REGISTRY_TIMEOUT_SECONDS"),
     ],
 )
 def test_validation_errors_name_the_variable(

@@ -64,6 +64,7 @@ authHmacSecret: {key: auth-hmac-secret, env: BRIDGE_AUTH_HMAC_SECRET_FILE}
 authBasicPassword: {key: auth-basic-password, env: BRIDGE_AUTH_BASIC_PASSWORD_FILE}
 kafkaSaslPassword: {key: kafka-sasl-password, env: BRIDGE_KAFKA_SASL_PASSWORD_FILE}
 kafkaSslKeyPassword: {key: kafka-ssl-key-password, env: BRIDGE_KAFKA_SSL_KEY_PASSWORD_FILE}
+schemaRegistryPassword: {key: schema-registry-password, env: BRIDGE_SCHEMA_REGISTRY_PASSWORD_FILE}
 {{- end }}
 
 {{- define "apizee-kafka-bridge.secretName" -}}
@@ -118,7 +119,8 @@ env:
 {{- end }}
 {{- end }}
 
-{{/* Mounts of the secret files and the Kafka TLS files (list items; may be empty). */}}
+{{/* Mounts of the secret files and the Kafka and registry TLS files (list items; may be
+empty). */}}
 {{- define "apizee-kafka-bridge.secretVolumeMounts" -}}
 {{- $used := include "apizee-kafka-bridge.usedSecrets" . | fromYaml -}}
 {{- if $used }}
@@ -129,6 +131,11 @@ env:
 {{- if .Values.kafkaTls.existingSecret }}
 - name: kafka-tls
   mountPath: /etc/apizee-kafka-bridge/kafka-tls
+  readOnly: true
+{{- end }}
+{{- if .Values.schemaRegistryTls.existingSecret }}
+- name: schema-registry-tls
+  mountPath: /etc/apizee-kafka-bridge/schema-registry-tls
   readOnly: true
 {{- end }}
 {{- end }}
@@ -151,6 +158,12 @@ env:
 - name: kafka-tls
   secret:
     secretName: {{ .Values.kafkaTls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- if .Values.schemaRegistryTls.existingSecret }}
+- name: schema-registry-tls
+  secret:
+    secretName: {{ .Values.schemaRegistryTls.existingSecret }}
     defaultMode: 0440
 {{- end }}
 {{- end }}
@@ -206,6 +219,16 @@ floats: print whole ones without an exponent (1000000, not 1e+06). */}}
 {{- $authUsed := or (hasKey $used "authToken") (hasKey $used "authHmacSecret") (hasKey $used "authBasicPassword") }}
 {{- if and (not $authUsed) (not $auth.insecure_no_auth) }}
 {{- fail "no webhook authentication: name the keys of secrets.existingSecret that hold authToken, authHmacSecret or authBasicPassword in secrets.existingSecretKeys" }}
+{{- end }}
+{{- $schema := $cfg.schema | default dict }}
+{{- if and (hasKey $used "schemaRegistryPassword") (not $schema.registry_username) }}
+{{- fail "a Schema Registry password is set: set config.schema.registry_username too" }}
+{{- end }}
+{{- if and $schema.registry_username (not (hasKey $used "schemaRegistryPassword")) }}
+{{- fail "config.schema.registry_username is set: set secrets.schemaRegistryPassword (or secrets.existingSecretKeys.schemaRegistryPassword)" }}
+{{- end }}
+{{- if and (or $schema.registry_username .Values.schemaRegistryTls.existingSecret) (not $schema.registry_url) }}
+{{- fail "Schema Registry credentials or CA are set: set config.schema.registry_url too" }}
 {{- end }}
 {{- $kafka := $cfg.kafka | default dict }}
 {{- if and (hasPrefix "SASL_" (toString $kafka.security_protocol)) (not (hasKey $used "kafkaSaslPassword")) }}
