@@ -9,14 +9,17 @@ group, Apizee's REST API with the token. Read only: nothing is created or writte
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+import aiohttp
 from aiokafka.errors import KafkaError
 
 from bridge.apizee import ApizeeClient
+from bridge.catalog import EVENTS
 from bridge.cluster import (
     AclOperation,
     ClusterClient,
@@ -27,6 +30,7 @@ from bridge.cluster import (
     quiet_client_logs,
 )
 from bridge.cluster import probe_broker as _probe_broker
+from bridge.codec import Codec
 from bridge.config import BridgeSettings, env_name
 from bridge.errors import (
     ApizeeAuthError,
@@ -35,6 +39,13 @@ from bridge.errors import (
     ApizeeUnavailableError,
 )
 from bridge.publisher import TopicNames
+from bridge.registry import (
+    CONTENT_TYPE,
+    basic_auth_header,
+    error_message,
+    ssl_context,
+    subject_name,
+)
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -126,13 +137,7 @@ class Preflight:
         else:
             self._add(Finding(Status.SKIP, "topics and rights", "not checked: no broker reachable"))
         await self._apizee()
-        self._add(
-            Finding(
-                Status.SKIP,
-                "schema registry",
-                "not configured: records are framed as Avro single-object encoding",
-            )
-        )
+        await self._registry()
         return EXIT_FAILED if self.failed else EXIT_OK
 
     # -- brokers -------------------------------------------------------------------------
@@ -431,6 +436,96 @@ class Preflight:
             )
         else:
             self._add(_ok(item, f"token accepted (ticket {self.apizee_ticket} listed)"))
+
+    # -- schema registry ---------------------------------------------------------------------
+
+    def _subjects(self) -> set[str]:
+        """The subjects the bridge registers its schemas under (as bridge.app names them)."""
+        strategy = self.settings.schema.subject_strategy
+        subjects = set()
+        for event_type, writer in Codec().writers.items():
+            spec = EVENTS.get(event_type)
+            topic = self.topics.category(spec.category) if spec else self.topics.unknown
+            subjects.add(subject_name(strategy, topic, writer.full_name))
+        return subjects
+
+    async def _registry(self) -> None:
+        schema = self.settings.schema
+        url = schema.registry_url
+        if url is None:
+            self._add(
+                Finding(
+                    Status.SKIP,
+                    "schema registry",
+                    f"not configured ({env_name('schema', 'registry_url')} unset): records are"
+                    " framed as Avro single-object encoding",
+                )
+            )
+            return
+        item = f"schema registry {url}"
+        headers = {"Accept": CONTENT_TYPE}
+        if schema.registry_username is not None and schema.registry_password is not None:
+            headers["Authorization"] = basic_auth_header(
+                schema.registry_username, schema.registry_password.get_secret_value()
+            )
+        context = ssl_context(schema.registry_ca_file)
+        timeout = aiohttp.ClientTimeout(total=min(self.timeout, schema.registry_timeout_seconds))
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    timeout=timeout,
+                    headers=headers,
+                    connector=aiohttp.TCPConnector(ssl=context if context is not None else True),
+                ) as session,
+                session.get(f"{url}/subjects") as response,
+            ):
+                status = response.status
+                body = await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            cause = "no answer in time" if isinstance(exc, TimeoutError) else type(exc).__name__
+            self._add(
+                _fail(
+                    item,
+                    f"unreachable ({cause})",
+                    f"check {env_name('schema', 'registry_url')}, the egress path and, for"
+                    f" https with a private CA, {env_name('schema', 'registry_ca_file')}",
+                )
+            )
+            return
+        if status in (401, 403):
+            self._add(
+                _fail(
+                    item,
+                    f"refused the credentials ({status})",
+                    f"check {env_name('schema', 'registry_username')} and"
+                    f" {env_name('schema', 'registry_password')}",
+                )
+            )
+            return
+        try:
+            listed = json.loads(body) if status == 200 else None
+        except ValueError:
+            listed = None
+        if not isinstance(listed, list):
+            hint = " (Apicurio: .../apis/ccompat/v7)" if status == 404 else ""
+            self._add(
+                _fail(
+                    item,
+                    f"no Confluent-compatible API there (GET /subjects answered {status}:"
+                    f" {error_message(body)})",
+                    f"set {env_name('schema', 'registry_url')} to the API's root{hint}",
+                )
+            )
+            return
+        wanted = self._subjects()
+        registered = len(wanted & {str(s) for s in listed})
+        note = "" if registered == len(wanted) else " (the bridge registers the others at start)"
+        self._add(
+            _ok(
+                item,
+                f"reachable; {registered} of the bridge's {len(wanted)} subjects registered{note}",
+            )
+        )
 
 
 async def run_check(

@@ -181,6 +181,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_tail(args: argparse.Namespace) -> int:
     import asyncio
 
+    from bridge.console import event_decoder
     from bridge.logs import configure_logging
     from bridge.tail import Filter, Tail, TailArgumentError, run_tail, topic_names
 
@@ -193,6 +194,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     tail = Tail(
         settings.kafka,
         topics,
+        decode=event_decoder(settings.schema),
         where=Filter(
             tickets=frozenset(args.ticket or ()),
             types=frozenset(args.type or ()),

@@ -27,8 +27,9 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from bridge.codec import Codec
-from bridge.config import KafkaSettings
+from bridge.codec import Codec, event_from_fields
+from bridge.config import KafkaSettings, SchemaSettings
+from bridge.consumer import Decoder
 from bridge.dlq import DeadLetter, ticket_in_body
 from bridge.errors import BridgeError
 from bridge.models import CanonicalEvent, Source
@@ -51,8 +52,26 @@ _DENIED: Final = (
 )
 
 
+# Bytes of an event topic's record to the canonical event (raises BridgeError or ValueError).
+EventDecoder = Callable[[bytes], CanonicalEvent]
+
+
 def _say(text: str) -> None:
     print(text, flush=True)
+
+
+def event_decoder(schema: SchemaSettings) -> EventDecoder:
+    """Records in either framing: single-object against the bundled and released schemas,
+    Confluent-framed against the registry (BRIDGE_SCHEMA_REGISTRY_URL), each id asked once."""
+    password = schema.registry_password
+    decoder = Decoder(
+        schema.registry_url,
+        username=schema.registry_username,
+        password=password.get_secret_value() if password is not None else None,
+        ca_file=schema.registry_ca_file,
+        timeout_seconds=schema.registry_timeout_seconds,
+    )
+    return lambda value: event_from_fields(decoder.decode(value).fields)
 
 
 class ReadDeniedError(BridgeError):
@@ -98,7 +117,8 @@ class ConsoleConsumer:
     reader is disturbed. Partitions that exist at start are read from their end (only what
     lands now), or from their beginning with `from_beginning`; partitions that appear later
     (the bridge creates its topics at start-up) are read from their beginning, so their first
-    records are not missed. By default `emit` prints `describe(record)` through `out`.
+    records are not missed. By default `emit` prints `describe(record)` through `out`;
+    events are decoded by `decode` (default: `codec`'s single-object decoding).
     """
 
     def __init__(
@@ -106,6 +126,7 @@ class ConsoleConsumer:
         settings: KafkaSettings,
         *,
         codec: Codec | None = None,
+        decode: EventDecoder | None = None,
         out: Callable[[str], None] = _say,
         topics: Sequence[str] | None = None,
         from_beginning: bool = False,
@@ -114,7 +135,7 @@ class ConsoleConsumer:
         client_id_suffix: str = "dev-console",
     ) -> None:
         self._settings = settings
-        self._codec = codec or Codec()
+        self._decode = decode or (codec or Codec()).decode
         self._out = out
         self._topics = TopicNames(settings.topic_prefix)
         self._wanted = list(topics) if topics is not None else self._topics.events()
@@ -240,7 +261,7 @@ class ConsoleConsumer:
                 letter = _with_ticket(letter, ticket_in_body(value))
             return Decoded(record, headers, letter=letter)
         try:
-            event = self._codec.decode(value)
+            event = self._decode(value)
         except (BridgeError, ValueError, KeyError) as exc:
             return Decoded(record, headers, error=str(exc))
         return Decoded(record, headers, event=event)

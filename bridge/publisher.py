@@ -340,7 +340,14 @@ class Publisher:
                 await self._sweeper
             self._sweeper = None
         if self._producer is not None:
-            await self._producer.stop()
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._producer.stop()
+            except TimeoutError:
+                # aiokafka's stop() waits for every queued batch, forever while Kafka is gone:
+                # those records were never acknowledged (their publishes failed), so the
+                # producer is left behind rather than holding the process.
+                log.warning("producer_stop_abandoned", seconds=self._timeout)
             self._producer = None
 
     @property

@@ -37,6 +37,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
+from bridge.app import schema_registration
 from bridge.catalog import EVENTS
 from bridge.cluster import (
     AclOperation,
@@ -47,6 +48,7 @@ from bridge.cluster import (
 )
 from bridge.codec import Codec, json_text
 from bridge.config import BridgeSettings, env_name
+from bridge.console import EventDecoder, event_decoder
 from bridge.dlq import DeadLetter, ticket_in_body
 from bridge.errors import (
     BridgeError,
@@ -54,6 +56,7 @@ from bridge.errors import (
     InvalidEventError,
     PublishError,
     RecordTooLargeError,
+    SchemaRejectedError,
 )
 from bridge.models import (
     CanonicalEvent,
@@ -65,6 +68,7 @@ from bridge.models import (
     split_extra,
 )
 from bridge.publisher import Publisher, TopicNames, connection_kwargs
+from bridge.registry import SchemaRegistration
 from bridge.state import StateStore, StateSync
 
 log = structlog.get_logger(__name__)
@@ -197,9 +201,14 @@ def _clip(text: str) -> str:
 class Judge:
     """Re-runs the ingress's and the poller's validation on parked records."""
 
-    def __init__(self, source: SourceName, codec: Codec) -> None:
+    def __init__(
+        self, source: SourceName, codec: Codec, decode: EventDecoder | None = None
+    ) -> None:
         self.source = source
+        # `codec` checks that what passes can be encoded; `decode` reads parked unknown
+        # events (either framing: a bridge in registry mode parks them Confluent-framed).
         self.codec = codec
+        self.decode = decode or codec.decode
 
     def parked(self, record: Any) -> Parked:
         """Kind and ticket of a parked record, for the selection (no validation)."""
@@ -263,8 +272,8 @@ class Judge:
     def _unknown(self, record: Any) -> Verdict:
         verdict = Verdict()
         try:
-            parked = self.codec.decode(record.value or b"")
-        except CodecError as exc:
+            parked = self.decode(record.value or b"")
+        except (BridgeError, ValueError, KeyError) as exc:
             verdict.failures.append(_clip(f"undecodable: {exc}"))
             return verdict
         if parked.event_type not in EVENTS:
@@ -430,6 +439,7 @@ class Replay:
         options: Options,
         *,
         codec: Codec | None = None,
+        decode: EventDecoder | None = None,
         err: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -437,7 +447,11 @@ class Replay:
         self.codec = codec or Codec()
         self.topics = TopicNames(settings.kafka.topic_prefix)
         self.source_topic = _source_topic(self.topics, options.selection.source)
-        self.judge = Judge(options.selection.source, self.codec)
+        self.judge = Judge(
+            options.selection.source,
+            self.codec,
+            decode if decode is not None else event_decoder(settings.schema),
+        )
         self._err = err or (lambda line: print(line, file=sys.stderr, flush=True))
         self.summary = Summary(self.source_topic, options.group, options.selection, options.dry_run)
         self._conn = connection_kwargs(settings.kafka)
@@ -666,19 +680,36 @@ class Replay:
         state_exists: bool,
     ) -> None:
         kafka = self.settings.kafka
+        registry_mode = self.settings.schema.registry_url is not None
         publisher = Publisher(
-            kafka, self.codec, max_body_bytes=self.settings.ingress.max_body_bytes
+            kafka,
+            self.codec,
+            max_body_bytes=self.settings.ingress.max_body_bytes,
+            schemas_pending=registry_mode,
         )
         await publisher.start()
+        stack = contextlib.AsyncExitStack()
         try:
+            registration: SchemaRegistration | None = None
             try:
                 async with asyncio.timeout(self.options.ready_timeout):
                     await publisher.wait_ready()
+                    if registry_mode:
+                        # As the bridge does: events framed with the registry's ids (a type
+                        # the catalog learned since is registered here first).
+                        registration = await stack.enter_async_context(
+                            schema_registration(self.settings.schema, self.codec, publisher)
+                        )
+                        await registration.finished
             except TimeoutError:
+                reason = publisher.not_ready_reason
+                if reason is None and registration is not None:
+                    reason = registration.not_ready_reason
                 raise ReplayError(
-                    f"Kafka not ready to publish within {self.options.ready_timeout:g}s:"
-                    f" {publisher.not_ready_reason}"
+                    f"not ready to publish within {self.options.ready_timeout:g}s: {reason}"
                 ) from None
+            except SchemaRejectedError as exc:
+                raise ReplayError(str(exc)) from None
             sync: StateSync | None = None
             if state_exists:
                 store = StateStore(self.settings.poller.max_ids_per_ticket)
@@ -694,6 +725,7 @@ class Replay:
                 await sync.restore_all(await publisher.partition_count(self.topics.state))
             await self._walk(starts, stops, index, publisher=publisher, sync=sync)
         finally:
+            await stack.aclose()
             await publisher.stop()
 
     async def _walk(

@@ -25,7 +25,7 @@ from bridge.cluster import (
     quiet_client_logs,
 )
 from bridge.config import KafkaSettings
-from bridge.console import ConsoleConsumer, Decoded, ReadDeniedError
+from bridge.console import ConsoleConsumer, Decoded, EventDecoder, ReadDeniedError
 from bridge.errors import BridgeError
 from bridge.publisher import DLQ_SUFFIX, TopicNames
 
@@ -80,6 +80,7 @@ class Tail:
 
     settings: KafkaSettings
     topics: list[str]
+    decode: EventDecoder | None = None
     where: Filter = field(default_factory=Filter)
     as_json: bool = False
     from_beginning: bool = False
@@ -98,6 +99,7 @@ class Tail:
             return EXIT_FAILED
         consumer = ConsoleConsumer(
             self.settings,
+            decode=self.decode,
             topics=self.topics,
             from_beginning=self.from_beginning,
             emit=lambda record: self._emit(consumer, record, stop),
