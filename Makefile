@@ -109,8 +109,9 @@ docs: install
 run: install
 	$(BIN)/apizee-bridge dev
 
-# bench/ingress.py installs wrk (apt-get, as root) when it is missing; about 1.5 minutes.
-bench: install
+# bench/ingress.py runs Apache Kafka from `make kafka`'s jars and installs wrk (apt-get, as
+# root) when it is missing; about 4 minutes.
+bench: install kafka
 	$(BIN)/python bench/codec.py
 	$(BIN)/python bench/state.py
 	$(BIN)/python bench/ingress.py

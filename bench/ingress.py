@@ -1,23 +1,31 @@
-"""Ingress benchmark: wrk POSTs seed webhooks at concurrency 128 against a bare aiohttp
-handler and the bridge (tansu broker, acks=all, full validation, Avro, token auth), and prints
-requests/s, latency and the server's CPU seconds, with ratios of runs made in this process.
+"""Ingress benchmark: the bridge against a bare aiohttp handler, publishing to Apache Kafka
+(one KRaft node, the bridge's default producer: acks=all, idempotence on).
 
-Configs: (a) bare handler on one core, (b) the bridge with one worker on one core, wrk and
-the broker on the other; (c) the bridge with two workers, nothing pinned.
+Capacity (closed loop): wrk POSTs seed webhooks at concurrency 128 and the servers' CPU seconds
+are read from /proc: requests/s and requests per CPU-second of (a) the bare handler on one
+core, (b) the bridge with one worker on one core, (c) the bridge with two workers, nothing
+pinned, and (b) again on tansu (idempotence off) as an extra baseline.
+Latency (open loop): bench/loadgen.py sends at fixed rates, 25 % and 50 % of (b)'s capacity,
+on a schedule, and measures each request from its due time (no coordinated omission); the
+bare handler and the bridge are run alternately at the same rates.
+Placement: servers on core 0; wrk, the load generator and Kafka on core 1.
 
-A fast but failing bridge must not look good: every non-2xx answer is counted (by wrk's
-response() hook) and fails the run, and after each bridge config the run's topics are read
-back: the records, their distinct event ids and the bridge's own count of "accepted"
-answers must be equal, and at least what wrk saw answered 2xx.
-Installs wrk with apt-get when it is missing (as root).
-Usage: python bench/ingress.py [--duration S] [--linger-ms 0,5,20]
+A fast but failing bridge must not look good: every non-2xx answer is counted and fails the
+run, and after each bridge config the run's topics are read back: the records, their distinct
+event ids and the bridge's own count of "accepted" answers must be equal, and at least what
+the load saw answered 2xx.
+Installs wrk with apt-get when it is missing (as root); Kafka's jars come from `make kafka`.
+Usage: python bench/ingress.py [--duration S] [--latency-seconds S] [--rates R1,R2]
+       [--linger-ms 0,20] [--no-tansu]; A/B: --base DIR [--rounds N]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
+import math
 import os
 import re
 import resource
@@ -33,13 +41,15 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import loadgen  # bench/loadgen.py, beside this script
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from bridge.catalog import CATEGORIES, EVENTS, UNKNOWN_CATEGORY
-from bridge.devbroker import TansuBroker, free_port
+from bridge.devbroker import KafkaCluster, TansuBroker, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = 128
@@ -48,6 +58,7 @@ WARMUP_SECONDS = 3
 TICKETS = 1000
 TOKEN = "bench-" + uuid.uuid4().hex
 WEBHOOK_PATH = "/webhooks/apizee"
+BARE = "bare aiohttp"
 # Ids of one run start at run_index * RUN_ID_STRIDE, those of one wrk thread at
 # thread * THREAD_ID_STRIDE within it: every request of the whole bench is a new event,
 # so the bridge's dedupe window never answers "duplicate". Below 2**53 (Lua numbers).
@@ -60,6 +71,13 @@ IDLE_SECONDS = 3.0  # reading Kafka back: give up after this long without a reco
 GOAL_B_OVER_A = 0.6
 GOAL_P99_MS = 30.0
 GOAL_C_OVER_B_PER_CPU = 0.9
+
+# Offered rates of the open-loop runs, as fractions of (b)'s closed-loop requests/s.
+LATENCY_FRACTIONS = (0.25, 0.5)
+LOADGEN_RT_PRIORITY = 10
+
+# Other processes taking more than this of the server's core make a latency row suspect.
+NOISY_OTHERS_SHARE = 0.1
 
 # A pinned server busier than this is saturated; less means others took part of its core.
 BUSY_CORE_SHARE = 0.9
@@ -244,6 +262,36 @@ def run_wrk(
     )
 
 
+@functools.cache
+def realtime() -> list[str]:
+    """`chrt -f N` when this process may use it (root or CAP_SYS_NICE), else nothing.
+
+    The load generator runs SCHED_FIFO: it needs a few % of a core, but must wake up on time
+    on a core it shares with Kafka (and, on a shared machine, with others' work); otherwise
+    its own scheduling delays would be counted as the server's latency. The servers under
+    test keep the normal policy.
+    """
+    argv = ["chrt", "-f", str(LOADGEN_RT_PRIORITY)]
+    try:
+        done = subprocess.run([*argv, "true"], capture_output=True, check=False)
+    except OSError:
+        return []
+    return argv if done.returncode == 0 else []
+
+
+def run_loadgen(spec: loadgen.Spec, path: Path, cores: str | None) -> loadgen.Result:
+    """bench/loadgen.py in a process of its own, on `cores` (not the server's)."""
+    path.write_text(json.dumps(asdict(spec)))
+    argv = [*realtime(), sys.executable, str(ROOT / "bench/loadgen.py"), str(path)]
+    if cores is not None:
+        argv = ["taskset", "-c", cores, *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"loadgen failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return loadgen.Result(**json.loads(line.removeprefix("BENCH_JSON ")))
+
+
 # -- processes --------------------------------------------------------------------------
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -280,14 +328,115 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / _TICK
 
 
-def pin_all_threads(broker: TansuBroker, cores: str | None) -> None:
-    # -a: tansu is multi-threaded and its threads exist already.
+def cpu_pressure_seconds() -> float:
+    """Seconds some runnable task waited for a CPU, machine-wide (PSI, Linux 4.20+; NaN
+    without it): its growth over a run, per second, says how contended the machine was."""
+    try:
+        text = Path("/proc/pressure/cpu").read_text()
+    except OSError:
+        return math.nan
+    match = re.search(r"^some .*total=(\d+)", text, re.M)
+    return int(match.group(1)) / 1e6 if match else math.nan
+
+
+def core_busy_seconds(core: str | None) -> float:
+    """Time core `core` ran anything or was stolen by the hypervisor (/proc/stat: user, nice,
+    system, steal); NaN for None (an unpinned server has no core of its own)."""
+    if core is None:
+        return math.nan
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            user, nice, system, _, _, _, _, steal = (int(x) for x in line.split()[1:9])
+            return (user + nice + system + steal) / _TICK
+    return math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """CPU seconds over one run (or, from `take`, since boot) and the wall time it spans."""
+
+    wall: float
+    server: float  # the server's process tree
+    broker: float  # the broker's process
+    core: float  # the server's core, busy with anything (NaN when the server is unpinned)
+    pressure: float  # some task waited for a CPU, machine-wide (PSI)
+
+    @classmethod
+    def take(cls, server: list[int], broker: Broker | None, core: str | None) -> Usage:
+        broker_pids = [broker.pid] if broker is not None and broker.pid is not None else []
+        return cls(
+            time.monotonic(),
+            cpu_seconds(server),
+            cpu_seconds(broker_pids),
+            core_busy_seconds(core),
+            cpu_pressure_seconds(),
+        )
+
+    def __sub__(self, before: Usage) -> Usage:
+        return Usage(
+            self.wall - before.wall,
+            self.server - before.server,
+            self.broker - before.broker,
+            self.core - before.core,
+            self.pressure - before.pressure,
+        )
+
+    @property
+    def others(self) -> float:
+        """Share of the server's core that went to anything else: the noise it suffered."""
+        return max(0.0, self.core - self.server) / self.wall
+
+    def share(self, seconds: float) -> float:
+        return seconds / self.wall
+
+
+@dataclass(frozen=True, slots=True)
+class Broker:
+    """What a bridge config publishes to: its address, its process (for CPU accounting and
+    pinning), and the producer settings this broker needs."""
+
+    name: str
+    bootstrap_servers: str
+    pid: int | None
+    env: Mapping[str, str]
+
+
+# Apache Kafka takes the bridge's defaults (acks=all, idempotence on, replication factor -1,
+# which is 1 on one node); tansu has no idempotent producer.
+KAFKA_ENV: dict[str, str] = {}
+TANSU_ENV = {
+    "BRIDGE_KAFKA_ENABLE_IDEMPOTENCE": "false",
+    "BRIDGE_KAFKA_TOPIC_REPLICATION_FACTOR": "1",
+}
+
+
+def pin_all_threads(broker: Broker, cores: str | None) -> None:
+    # -a: the JVM (and tansu) are multi-threaded and their threads exist already; threads
+    # started later inherit the affinity of the thread that starts them.
     if cores is not None and broker.pid is not None:
         subprocess.run(
             ["taskset", "-a", "-p", "-c", cores, str(broker.pid)],
             check=True,
             stdout=subprocess.DEVNULL,
         )
+
+
+@contextlib.contextmanager
+def kafka_broker(logs: Path, cores: str | None) -> Iterator[Broker]:
+    """One Apache Kafka node (KRaft, broker and controller in one JVM), pinned to `cores`."""
+    with KafkaCluster(nodes=1, workdir=logs / "kafka") as cluster:
+        node = cluster.nodes[0]
+        broker = Broker("Kafka", cluster.bootstrap_servers, node.pid, KAFKA_ENV)
+        pin_all_threads(broker, cores)
+        yield broker
+
+
+@contextlib.contextmanager
+def tansu_broker(logs: Path, cores: str | None) -> Iterator[Broker]:
+    with TansuBroker(log_path=logs / "tansu.log") as tansu:
+        broker = Broker("tansu", tansu.bootstrap_servers, tansu.pid, TANSU_ENV)
+        pin_all_threads(broker, cores)
+        yield broker
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = START_TIMEOUT) -> None:
@@ -329,15 +478,13 @@ def server_process(
 
 
 def bridge_env(
-    bootstrap: str, prefix: str, port: int, admin_port: int, workers: int, linger_ms: str | None
+    broker: Broker, prefix: str, port: int, admin_port: int, workers: int, linger_ms: str | None
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(broker.env)
     env.update(
-        BRIDGE_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        BRIDGE_KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
         BRIDGE_KAFKA_TOPIC_PREFIX=prefix,
-        # tansu has no idempotent producer; one broker, so one replica.
-        BRIDGE_KAFKA_ENABLE_IDEMPOTENCE="false",
-        BRIDGE_KAFKA_TOPIC_REPLICATION_FACTOR="1",
         BRIDGE_INGRESS_HOST="127.0.0.1",
         BRIDGE_INGRESS_PORT=str(port),
         BRIDGE_INGRESS_WORKERS=str(workers),
@@ -389,7 +536,7 @@ def read_topics(
             ]
         )
         records = rejected = 0
-        ids: set[bytes] = set()
+        ids: set[str | bytes] = set()
         last = time.monotonic()
         while time.monotonic() - last < IDLE_SECONDS:
             batch = consumer.consume(10_000, timeout=0.5)
@@ -403,7 +550,9 @@ def read_topics(
                     rejected += 1
                     continue
                 records += 1
-                ids.update(v for k, v in message.headers() or () if k == "event-id")
+                headers = message.headers() or []
+                pairs = headers.items() if isinstance(headers, dict) else headers
+                ids.update(v for k, v in pairs if k == "event-id" and v is not None)
         return KafkaContent(records, len(ids), rejected)
     finally:
         consumer.close()
@@ -443,8 +592,7 @@ def bridge_answers(admin_url: str, timeout: float = 15.0) -> Counter[tuple[int, 
 class Row:
     name: str
     wrk: WrkResult
-    server_cpu: float
-    broker_cpu: float
+    usage: Usage  # over the measured run
     kafka: KafkaContent | None = None  # what the run's topics hold, warm-up included
     sent_ok: int | None = None  # 2xx answers wrk counted, warm-up included
     # The bridge's /metrics count of answers by (status, reason), warm-up included.
@@ -452,64 +600,96 @@ class Row:
 
     @property
     def per_cpu(self) -> float:
-        return self.wrk.requests / self.server_cpu if self.server_cpu else float("nan")
+        server = self.usage.server
+        return self.wrk.requests / server if server else float("nan")
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyRow:
+    name: str
+    load: loadgen.Result
+    usage: Usage  # over the generator's whole run, warm-up included
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        """The server's CPU per answered request (warm-up included)."""
+        answered = self.load.ok_total + self.load.non2xx
+        return 1e6 * self.usage.server / answered if answered else math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeProcess:
+    pid: int
+    url: str
+    admin: str
+    prefix: str
 
 
 @dataclass
 class Bench:
     wrk: str
     script: Path
-    broker: TansuBroker
     logs: Path
     seconds: int
     pin: bool
     runs: int = 0
 
+    @property
+    def server_cores(self) -> str | None:
+        return CORE_SERVER if self.pin else None
+
+    @property
+    def load_cores(self) -> str | None:
+        return CORE_LOAD if self.pin else None
+
     def load(self, url: str, seconds: int, cores: str | None) -> WrkResult:
         self.runs += 1
         return run_wrk(self.wrk, self.script, url, seconds, self.runs * RUN_ID_STRIDE, cores)
 
-    def measure(self, name: str, url: str, root: int, cores: str | None) -> tuple[WrkResult, Row]:
+    def measure(
+        self,
+        name: str,
+        url: str,
+        root: int,
+        broker: Broker | None,
+        server_cores: str | None,
+        load_cores: str | None,
+    ) -> tuple[WrkResult, Row]:
         """Warm-up, then the measured run with the server tree's CPU time around it."""
-        warmup = self.load(url, WARMUP_SECONDS, cores)
+        warmup = self.load(url, WARMUP_SECONDS, load_cores)
         pids = process_tree(root)
-        broker = [self.broker.pid] if self.broker.pid is not None else []
-        before, broker_before = cpu_seconds(pids), cpu_seconds(broker)
-        result = self.load(url, self.seconds, cores)
-        server_cpu, broker_cpu = cpu_seconds(pids) - before, cpu_seconds(broker) - broker_before
-        return warmup, Row(name, result, server_cpu, broker_cpu)
+        before = Usage.take(pids, broker, server_cores)
+        result = self.load(url, self.seconds, load_cores)
+        return warmup, Row(name, result, Usage.take(pids, broker, server_cores) - before)
 
-    def bare(self) -> Row:
+    @contextlib.contextmanager
+    def bare_process(self) -> Iterator[tuple[int, str]]:
         port = free_port()
         argv = [sys.executable, str(ROOT / "bench/bare_server.py"), str(port)]
         if self.pin:
             argv = ["taskset", "-c", CORE_SERVER, *argv]
         url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
-        with server_process(argv, os.environ, self.logs / "bare.log") as pid:
+        with server_process(argv, os.environ, self.logs / f"bare-{port}.log") as pid:
             wait_until(lambda: http_ok(url, b"{}"), "bare server")
-            _, row = self.measure("(a) bare aiohttp", url, pid, CORE_LOAD if self.pin else None)
-        return row
+            yield pid, url
 
-    def bridge(
+    @contextlib.contextmanager
+    def bridge_process(
         self,
-        name: str,
+        broker: Broker,
         workers: int,
-        pinned: bool,
+        cores: str | None,
         linger_ms: str | None = None,
         src: Path | None = None,
-    ) -> Row:
+    ) -> Iterator[BridgeProcess]:
         """`src`: a directory holding another `bridge` package to run (python -m from there
         imports it before the installed one), e.g. a `git archive` of the base commit."""
         port, admin_port = free_port(), free_port()
         prefix = f"bench.{uuid.uuid4().hex[:8]}"
-        env = bridge_env(
-            self.broker.bootstrap_servers, prefix, port, admin_port, workers, linger_ms
-        )
+        env = bridge_env(broker, prefix, port, admin_port, workers, linger_ms)
         argv = [sys.executable, "-m", "bridge.cli", "run"]
-        if pinned:
-            argv = ["taskset", "-c", CORE_SERVER, *argv]
-        load_cores = CORE_LOAD if pinned else None
-        pin_all_threads(self.broker, load_cores or (ALL_CORES if self.pin else None))
+        if cores is not None:
+            argv = ["taskset", "-c", cores, *argv]
         url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
         admin = f"http://127.0.0.1:{admin_port}"
         with server_process(argv, env, self.logs / f"bridge-{prefix}.log", cwd=src) as pid:
@@ -517,73 +697,245 @@ class Bench:
             wait_until(
                 lambda: all(http_ok(f"{admin}/readyz") for _ in range(10 * workers)), "bridge"
             )
-            warmup, row = self.measure(name, url, pid, load_cores)
-            answers = bridge_answers(admin)
+            yield BridgeProcess(pid, url, admin, prefix)
+
+    def bare(self) -> Row:
+        with self.bare_process() as (pid, url):
+            _, row = self.measure(f"(a) {BARE}", url, pid, None, self.server_cores, self.load_cores)
+        return row
+
+    def bridge(
+        self,
+        name: str,
+        broker: Broker,
+        workers: int,
+        pinned: bool,
+        linger_ms: str | None = None,
+        src: Path | None = None,
+    ) -> Row:
+        load_cores = CORE_LOAD if pinned else None
+        pin_all_threads(broker, load_cores or (ALL_CORES if self.pin else None))
+        server_cores = CORE_SERVER if pinned else None
+        with self.bridge_process(broker, workers, server_cores, linger_ms, src) as bridge:
+            warmup, row = self.measure(
+                name, bridge.url, bridge.pid, broker, server_cores, load_cores
+            )
+            answers = bridge_answers(bridge.admin)
         # The bridge flushed its producer on SIGTERM: every acknowledged record is in Kafka.
-        kafka = read_topics(
-            self.broker.bootstrap_servers,
-            [f"{prefix}.{c}" for c in CATEGORIES],
-            [f"{prefix}.{UNKNOWN_CATEGORY}", f"{prefix}.dlq"],
-            expected=sum(answers.values()),
-        )
-        return Row(
-            name,
-            row.wrk,
-            row.server_cpu,
-            row.broker_cpu,
-            kafka=kafka,
+        return replace(
+            row,
+            kafka=read_back(broker, bridge.prefix, answers),
             sent_ok=warmup.ok + row.wrk.ok,
             answers=answers,
         )
+
+    def open_loop(
+        self, name: str, url: str, root: int, broker: Broker | None, rate: float, seconds: int
+    ) -> LatencyRow:
+        self.runs += 1
+        spec = loadgen.Spec(
+            host="127.0.0.1",
+            port=urlsplit(url).port or 80,
+            path=WEBHOOK_PATH,
+            headers={"Content-Type": "application/json", "X-Webhook-Token": TOKEN},
+            bodies=seed_templates(),
+            id_base=self.runs * RUN_ID_STRIDE,
+            rate=rate,
+            warmup=WARMUP_SECONDS,
+            seconds=seconds,
+            connections=CONNECTIONS,
+        )
+        pids = process_tree(root)
+        before = Usage.take(pids, broker, self.server_cores)
+        result = run_loadgen(spec, self.logs / f"loadgen-{self.runs}.json", self.load_cores)
+        return LatencyRow(name, result, Usage.take(pids, broker, self.server_cores) - before)
+
+    def latency(
+        self, broker: Broker, rates: list[float], seconds: int, lingers: list[str]
+    ) -> tuple[list[LatencyRow], list[KafkaCheck]]:
+        """The bare handler and the bridge (one worker with the default producer, then one
+        per `lingers` value; all on the server core), each at each rate, one after the
+        other: all see the same noise of the machine."""
+        pin_all_threads(broker, self.load_cores)
+        rows: list[LatencyRow] = []
+        configs: list[tuple[str, str | None]] = [(f"bridge, {broker.name}", None)]
+        configs += [(f"bridge, linger_ms={linger}", linger) for linger in lingers]
+        with contextlib.ExitStack() as stack:
+            bare_pid, bare_url = stack.enter_context(self.bare_process())
+            bridges = [
+                (
+                    name,
+                    stack.enter_context(self.bridge_process(broker, 1, self.server_cores, linger)),
+                )
+                for name, linger in configs
+            ]
+            for rate in rates:
+                rows.append(self.open_loop(BARE, bare_url, bare_pid, None, rate, seconds))
+                rows += [
+                    self.open_loop(name, bridge.url, bridge.pid, broker, rate, seconds)
+                    for name, bridge in bridges
+                ]
+            answers = {name: bridge_answers(bridge.admin) for name, bridge in bridges}
+        # The bridges flushed their producers on SIGTERM: every acknowledged record is in Kafka.
+        return rows, [
+            KafkaCheck(
+                f"open-loop {name}",
+                read_back(broker, bridge.prefix, answers[name]),
+                answers[name],
+                sent_ok=sum(r.load.ok_total for r in rows if r.name == name),
+                # The generator waits for every answer: nothing is in flight when it stops.
+                in_flight=0,
+            )
+            for name, bridge in bridges
+        ]
+
+
+def read_back(broker: Broker, prefix: str, answers: Counter[tuple[int, str]]) -> KafkaContent:
+    return read_topics(
+        broker.bootstrap_servers,
+        [f"{prefix}.{c}" for c in CATEGORIES],
+        [f"{prefix}.{UNKNOWN_CATEGORY}", f"{prefix}.dlq"],
+        expected=sum(answers.values()),
+    )
 
 
 # -- report -------------------------------------------------------------------------------
 
 
+def percent(share: float) -> str:
+    return "-" if math.isnan(share) else f"{100 * share:.0f}"
+
+
 def print_table(rows: list[Row]) -> None:
     header = (
-        f"{'config':<34} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'non2xx':>6} {'sockerr':>7}"
+        f"{'config':<36} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'non2xx':>6} {'sockerr':>7}"
         f" {'srv CPU s':>9} {'CPU %':>6} {'req/CPU-s':>9} {'wrk CPU s':>9} {'broker CPU s':>12}"
+        f" {'others %':>8} {'PSI %':>5}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
-        w = row.wrk
+        w, u = row.wrk, row.usage
         print(
-            f"{row.name:<34} {w.rate:>8,.0f} {w.p50_ms:>7.2f} {w.p99_ms:>7.2f} {w.non2xx:>6}"
-            f" {w.socket_errors + w.timeouts:>7} {row.server_cpu:>9.2f}"
-            f" {100 * row.server_cpu / w.seconds:>6.0f} {row.per_cpu:>9,.0f}"
-            f" {w.cpu_seconds:>9.2f} {row.broker_cpu:>12.2f}"
+            f"{row.name:<36} {w.rate:>8,.0f} {w.p50_ms:>7.2f} {w.p99_ms:>7.2f} {w.non2xx:>6}"
+            f" {w.socket_errors + w.timeouts:>7} {u.server:>9.2f} {percent(u.share(u.server)):>6}"
+            f" {row.per_cpu:>9,.0f} {w.cpu_seconds:>9.2f} {u.broker:>12.2f}"
+            f" {percent(u.others):>8} {percent(u.share(u.pressure)):>5}"
         )
 
 
-def check_kafka(row: Row) -> bool:
-    """Every acknowledged event is in Kafka: what the topics hold is exactly what the bridge
-    answered "accepted" to, and at least what wrk saw answered 2xx."""
-    assert row.kafka is not None
-    assert row.sent_ok is not None
-    assert row.answers is not None
-    accepted = row.answers[200, "accepted"]
-    other = {f"{status} {reason}": n for (status, reason), n in row.answers.items() if n}
-    other.pop("200 accepted", None)
-    # wrk stops with requests in flight (warm-up and measured run): the bridge answers and
-    # publishes them, wrk does not count them; at most one per connection per run.
-    extra = accepted - row.sent_ok
-    kafka = row.kafka
-    good = (
-        kafka.records == kafka.distinct_ids == accepted
-        and 0 <= extra <= 2 * CONNECTIONS
-        and kafka.rejected == 0
-        and not other
+def print_latency_table(rows: list[LatencyRow]) -> None:
+    header = (
+        f"{'config':<20} {'offered/s':>9} {'achieved/s':>10} {'p50 ms':>7} {'p90 ms':>7}"
+        f" {'p99 ms':>7} {'p99.9 ms':>8} {'max ms':>7} {'errors':>6} {'late>1ms':>8}"
+        f" {'queued':>6} {'lag p99 ms':>10} {'srv CPU %':>9} {'us CPU/req':>10}"
+        f" {'broker CPU %':>12} {'gen CPU %':>9} {'others %':>8} {'PSI %':>5}"
     )
-    print(
-        f"kafka check {row.name}: {kafka.records:,} records read back from the category"
-        f" topics, {kafka.distinct_ids:,} distinct event ids, bridge answered {accepted:,}"
-        f" accepted (all three must be equal); wrk counted {row.sent_ok:,} 2xx (+{extra} in"
-        f" flight at wrk stop, allowed 0..{2 * CONNECTIONS}); {kafka.rejected} on unknown/dlq,"
-        f" other answers: {other or 'none'}: {'OK' if good else 'FAIL'}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        r, u = row.load, row.usage
+        errors = r.non2xx + r.socket_errors + r.unanswered
+        print(
+            f"{row.name:<20} {r.rate:>9,.0f} {r.achieved:>10,.0f} {r.p50_ms:>7.2f}"
+            f" {r.p90_ms:>7.2f} {r.p99_ms:>7.2f} {r.p999_ms:>8.2f} {r.max_ms:>7.1f}"
+            f" {errors:>6} {r.late:>8} {r.queued:>6} {r.lag_p99_ms:>10.2f}"
+            f" {percent(u.share(u.server)):>9} {row.cpu_us_per_request:>10.0f}"
+            f" {percent(u.share(u.broker)):>12} {percent(u.share(r.cpu_seconds)):>9}"
+            f" {percent(u.others):>8} {percent(u.share(u.pressure)):>5}"
+        )
+
+
+def print_latency_ratios(rows: list[LatencyRow], capacity: float) -> None:
+    bare = {row.load.rate: row.load for row in rows if row.name == BARE}
+    for row in rows:
+        base = bare.get(row.load.rate)
+        if base is None or row.name == BARE:
+            continue
+        r = row.load
+        print(
+            f"{row.name} / bare at {r.rate:,.0f}/s ({r.rate / capacity:.0%} of (b)):"
+            f" p50 x{r.p50_ms / base.p50_ms:.1f}, p99 x{r.p99_ms / base.p99_ms:.1f},"
+            f" p99.9 x{r.p999_ms / base.p999_ms:.1f}"
+            f" ({r.p50_ms - base.p50_ms:+.2f} / {r.p99_ms - base.p99_ms:+.2f}"
+            f" / {r.p999_ms - base.p999_ms:+.2f} ms)"
+        )
+    for row in rows:
+        r = row.load
+        if r.late > r.sent // 100:
+            print(
+                f"NOISE? {row.name} at {r.rate:,.0f}/s: the generator itself sent {r.late:,} of"
+                f" {r.sent:,} requests more than 1 ms late (its core was busy): those"
+                f" latencies include that lag, an upper bound for the server's"
+            )
+        if row.usage.others > NOISY_OTHERS_SHARE:
+            print(
+                f"NOISE? {row.name} at {r.rate:,.0f}/s: other processes took"
+                f" {percent(row.usage.others)} % of the server's core: its latencies include"
+                " waiting for them"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaCheck:
+    """What one bridge process answered and what its topics hold afterwards."""
+
+    name: str
+    kafka: KafkaContent
+    answers: Counter[tuple[int, str]]  # the bridge's /metrics, by (status, reason)
+    sent_ok: int  # 2xx answers the load counted, warm-up included
+    in_flight: int  # at most this many requests may be answered after the load stopped
+
+    @classmethod
+    def of(cls, row: Row) -> KafkaCheck:
+        assert row.kafka is not None
+        assert row.sent_ok is not None
+        assert row.answers is not None
+        # wrk stops with requests in flight (warm-up and measured run): the bridge answers
+        # and publishes them, wrk does not count them; at most one per connection per run.
+        return cls(row.name, row.kafka, row.answers, row.sent_ok, 2 * CONNECTIONS)
+
+    def passed(self) -> bool:
+        """Every acknowledged event is in Kafka: what the topics hold is exactly what the
+        bridge answered "accepted" to, and at least what the load saw answered 2xx."""
+        accepted = self.answers[200, "accepted"]
+        other = {f"{status} {reason}": n for (status, reason), n in self.answers.items() if n}
+        other.pop("200 accepted", None)
+        extra = accepted - self.sent_ok
+        kafka = self.kafka
+        good = (
+            kafka.records == kafka.distinct_ids == accepted
+            and 0 <= extra <= self.in_flight
+            and kafka.rejected == 0
+            and not other
+        )
+        print(
+            f"kafka check {self.name}: {kafka.records:,} records read back from the category"
+            f" topics, {kafka.distinct_ids:,} distinct event ids, bridge answered {accepted:,}"
+            f" accepted (all three must be equal); the load counted {self.sent_ok:,} 2xx"
+            f" (+{extra} in flight when it stopped, allowed 0..{self.in_flight});"
+            f" {kafka.rejected} on unknown/dlq, other answers: {other or 'none'}:"
+            f" {'OK' if good else 'FAIL'}"
+        )
+        return good
+
+
+def machine() -> str:
+    """One line for the record: when and on what the bench ran, and how busy it was."""
+    cpus = os.cpu_count()
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
     )
-    return good
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}; {cpus} CPUs ({model}), Linux"
+        f" {os.uname().release}, Python {sys.version.split()[0]}; load average {load}"
+    )
 
 
 def verdict(met: bool) -> str:
@@ -594,9 +946,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=12, help="measured seconds per config")
     parser.add_argument(
+        "--latency-seconds",
+        type=int,
+        default=20,
+        help="measured seconds per open-loop run (0: no latency runs)",
+    )
+    parser.add_argument(
+        "--rates",
+        default="",
+        help="comma-separated open-loop rates (req/s) instead of 25 and 50 %% of (b)'s",
+    )
+    parser.add_argument("--no-tansu", action="store_true", help="skip the tansu baseline row")
+    parser.add_argument(
         "--linger-ms",
         default="",
-        help="comma-separated BRIDGE_KAFKA_LINGER_MS values to run (b) with, e.g. 0,5,20",
+        help="comma-separated BRIDGE_KAFKA_LINGER_MS values to run (b) and the open-loop"
+        " bridge with too, e.g. 0,20",
     )
     parser.add_argument(
         "--base",
@@ -612,29 +977,45 @@ def main() -> int:
     pin = len(os.sched_getaffinity(0)) >= 2
     if not pin:
         print("fewer than 2 usable cores: nothing is pinned", file=sys.stderr)
+    started = machine()
 
+    tansu: Row | None = None
+    latency: list[LatencyRow] = []
+    checks: list[KafkaCheck] = []
     with tempfile.TemporaryDirectory(prefix="bench-ingress-") as tmp:
         logs = Path(tmp)
         script = logs / "seed.lua"
         script.write_text(lua_script(seed_templates()))
-        with TansuBroker(log_path=logs / "tansu.log") as broker:
-            pin_all_threads(broker, CORE_LOAD if pin else None)
-            bench = Bench(wrk, script, broker, logs, args.duration, pin)
+        bench = Bench(wrk, script, logs, args.duration, pin)
+        with kafka_broker(logs, bench.load_cores) as kafka:
             a = bench.bare()
-            b = bench.bridge("(b) bridge 1 worker, pinned", 1, pinned=pin)
-            c = bench.bridge("(c) bridge 2 workers, unpinned", 2, pinned=False)
+            b = bench.bridge("(b) bridge 1 worker, pinned", kafka, 1, pinned=pin)
+            c = bench.bridge("(c) bridge 2 workers, unpinned", kafka, 2, pinned=False)
+            lingers = [x.strip() for x in args.linger_ms.split(",") if x.strip()]
             sweep = [
-                bench.bridge(f"(b) linger_ms={linger}", 1, pinned=pin, linger_ms=linger)
-                for linger in (x.strip() for x in args.linger_ms.split(","))
-                if linger
+                bench.bridge(f"(b) linger_ms={linger}", kafka, 1, pinned=pin, linger_ms=linger)
+                for linger in lingers
             ]
+            capacity = b.wrk.rate
+            rates = [float(x) for x in args.rates.split(",") if x.strip()] or [
+                round(fraction * capacity) for fraction in LATENCY_FRACTIONS
+            ]
+            if args.latency_seconds > 0:
+                latency, checks = bench.latency(kafka, rates, args.latency_seconds, lingers)
+        if not args.no_tansu:
+            with tansu_broker(logs, bench.load_cores) as broker:
+                tansu = bench.bridge("(b) bridge 1 worker, pinned, tansu", broker, 1, pinned=pin)
 
+    placement = "server on core 0; wrk, load generator and Kafka on core 1" if pin else "unpinned"
+    rows = [a, b, c, *sweep, *([tansu] if tansu else [])]
+    print(f"machine at start: {started}")
     print(
-        f"ingress benchmark: wrk -t{WRK_THREADS} -c{CONNECTIONS}, {WARMUP_SECONDS}s warm-up +"
-        f" {args.duration}s measured, {len(EVENTS)} seed event types round-robin,"
-        f" {'server on core 0, wrk + broker on core 1' if pin else 'unpinned'} for (a), (b)"
+        f"ingress capacity (closed loop): wrk -t{WRK_THREADS} -c{CONNECTIONS},"
+        f" {WARMUP_SECONDS}s warm-up + {args.duration}s measured, {len(EVENTS)} seed event"
+        f" types round-robin, broker: Apache Kafka 4.4, 1 node (acks=all, idempotence on)"
+        f" unless named; {placement} for (a), (b)"
     )
-    print_table([a, b, c, *sweep])
+    print_table(rows)
     print()
     b_over_a = b.wrk.rate / a.wrk.rate
     c_over_b = c.per_cpu / b.per_cpu
@@ -643,8 +1024,8 @@ def main() -> int:
         f"{verdict(b_over_a >= GOAL_B_OVER_A)})"
     )
     print(
-        f"p99 of (b):               {b.wrk.p99_ms:.1f} ms  (goal < {GOAL_P99_MS:.0f} ms: "
-        f"{verdict(b.wrk.p99_ms < GOAL_P99_MS)})"
+        f"p99 of (b):               {b.wrk.p99_ms:.1f} ms at concurrency {CONNECTIONS}"
+        f"  (goal < {GOAL_P99_MS:.0f} ms: {verdict(b.wrk.p99_ms < GOAL_P99_MS)})"
     )
     print(
         f"c/b requests per CPU-s:   {c_over_b:.2f}  (goal >= {GOAL_C_OVER_B_PER_CPU}: "
@@ -652,18 +1033,36 @@ def main() -> int:
     )
     print(f"c/b requests/s:           {c.wrk.rate / b.wrk.rate:.2f}")
     print(f"b/a requests per CPU-s:   {b.per_cpu / a.per_cpu:.2f}  (less sensitive to other load)")
+    if tansu is not None:
+        print(f"b on Kafka / b on tansu requests per CPU-s: {b.per_cpu / tansu.per_cpu:.2f}")
     if pin:
         for row in (a, b):
-            share = row.server_cpu / row.wrk.seconds
+            share = row.usage.share(row.usage.server)
             if share < BUSY_CORE_SHARE:
                 print(
-                    f"NOISE? {row.name} used only {share:.0%} of its pinned core: other"
-                    " processes ran there (or the wrk + broker core was the limit), so its"
-                    " requests/s and b/a understate it; requests per CPU-s hold better"
+                    f"NOISE? {row.name} used only {share:.0%} of its pinned core, other"
+                    f" processes {percent(row.usage.others)} % (or the wrk + broker core was"
+                    " the limit), so its requests/s and b/a understate it; requests per"
+                    " CPU-s hold better"
                 )
-    results = [check_kafka(row) for row in (b, c, *sweep)]
+    if latency:
+        print()
+        print(
+            f"ingress latency (open loop): bench/loadgen.py, request i due at t0 + i/rate on"
+            f" {CONNECTIONS} keep-alive connections, latency from the due time (no coordinated"
+            f" omission), {WARMUP_SECONDS}s warm-up + {args.latency_seconds}s measured per"
+            f" row, generator {'SCHED_FIFO' if realtime() else 'SCHED_OTHER (chrt refused)'};"
+            f" rates {' and '.join(f'{r:,.0f}/s' for r in rates)}"
+            f" ({' and '.join(f'{r / capacity:.0%}' for r in rates)} of (b)'s {capacity:,.0f}"
+            f" req/s); {placement}"
+        )
+        print_latency_table(latency)
+        print()
+        print_latency_ratios(latency, capacity)
+    checks = [KafkaCheck.of(row) for row in (b, c, *sweep, *([tansu] if tansu else []))] + checks
+    results = [check.passed() for check in checks]
     errors = 0
-    for row in (a, b, c, *sweep):
+    for row in rows:
         w = row.wrk
         failed = w.non2xx + w.socket_errors + w.timeouts
         errors += failed
@@ -671,6 +1070,16 @@ def main() -> int:
             print(
                 f"{row.name}: {w.non2xx} non-2xx answers (statuses: {w.statuses or '-'}),"
                 f" {w.socket_errors} socket errors, {w.timeouts} timeouts"
+            )
+    for lrow in latency:
+        r = lrow.load
+        failed = r.non2xx + r.socket_errors + r.unanswered
+        errors += failed
+        if failed:
+            print(
+                f"{lrow.name} at {r.rate:,.0f}/s: {r.non2xx} non-2xx answers (statuses:"
+                f" {r.statuses or '-'}), {r.socket_errors} socket errors,"
+                f" {r.unanswered} unanswered"
             )
     print(f"failed requests (non-2xx, socket errors, timeouts), all configs: {errors}")
     return 0 if all(results) and not errors else 1
@@ -688,16 +1097,17 @@ def compare(base: Path, rounds: int, seconds: int) -> int:
         logs = Path(tmp)
         script = logs / "seed.lua"
         script.write_text(lua_script(seed_templates()))
-        with TansuBroker(log_path=logs / "tansu.log") as broker:
-            pin_all_threads(broker, CORE_LOAD if pin else None)
-            bench = Bench(wrk, script, broker, logs, seconds, pin)
+        bench = Bench(wrk, script, logs, seconds, pin)
+        with kafka_broker(logs, bench.load_cores) as kafka:
             for n in range(rounds):
                 order = ("base", "work") if n % 2 == 0 else ("work", "base")
                 for which in order:
                     src = base if which == "base" else ROOT
-                    rows[which].append(bench.bridge(f"(b) {which} #{n + 1}", 1, pin, src=src))
+                    rows[which].append(
+                        bench.bridge(f"(b) {which} #{n + 1}", kafka, 1, pin, src=src)
+                    )
     print_table([row for pair in zip(rows["base"], rows["work"], strict=True) for row in pair])
-    good = all(check_kafka(row) for row in rows["base"] + rows["work"])
+    good = all(KafkaCheck.of(row).passed() for row in rows["base"] + rows["work"])
     failed = sum(
         r.wrk.non2xx + r.wrk.socket_errors + r.wrk.timeouts for v in rows.values() for r in v
     )

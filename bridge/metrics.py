@@ -147,7 +147,7 @@ TOPIC_MAX_MESSAGE_BYTES = Gauge(
     f"{PREFIX}_topic_max_message_bytes",
     "max.message.bytes of each topic as read back from the cluster, by topic suffix"
     " (category, unknown, dlq, bridge-state).",
-    ["topic"],
+    ["topic_suffix"],
     multiprocess_mode="livemin",
 )
 PUBLISHES_IN_FLIGHT = Gauge(

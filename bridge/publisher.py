@@ -528,9 +528,9 @@ class Publisher:
         changed = {t: n for t, n in learned.items() if self._topic_limits.get(t) != n}
         self._topic_limits.update(learned)
         for topic, limit in learned.items():
-            metrics.TOPIC_MAX_MESSAGE_BYTES.labels(topic=topic[len(self.topics.prefix) + 1 :]).set(
-                limit
-            )
+            metrics.TOPIC_MAX_MESSAGE_BYTES.labels(
+                topic_suffix=topic[len(self.topics.prefix) + 1 :]
+            ).set(limit)
         if changed:
             self._warn_small_topics(changed)
 
