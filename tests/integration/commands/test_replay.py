@@ -355,7 +355,7 @@ async def test_a_crash_in_the_middle_then_a_rerun_publishes_each_event_once(
 ) -> None:
     async with running_bridge(bridge_settings(kafka_bootstrap, topic_prefix)):
         pass  # creates the topics (3 partitions each)
-    count = 6000
+    count = 10_000
     park(
         kafka_bootstrap,
         topic_prefix,
@@ -365,22 +365,44 @@ async def test_a_crash_in_the_middle_then_a_rerun_publishes_each_event_once(
     dlq_topic = f"{topic_prefix}.dlq"
     group = f"{topic_prefix}.crash"
     target = f"{topic_prefix}.ticket"
-    async with cli_process("replay", "--from", "dlq", "--group", group, env=env) as replay:
-        # Crashed in the middle of a batch: some of it published, the batch not committed.
-        # Frozen (SIGSTOP) while that is verified, then killed: no cleanup, no last commit.
-        deadline = time.monotonic() + 120
-        while True:
-            assert replay.returncode is None, "the replay ended before it could be crashed"
-            assert time.monotonic() < deadline, "never caught between a publish and its commit"
-            done = await asyncio.to_thread(committed, kafka_bootstrap, group, dlq_topic, 3)
-            if done and await asyncio.to_thread(landed, kafka_bootstrap, target, 3) > done:
-                replay.send_signal(signal.SIGSTOP)
-                done = await asyncio.to_thread(committed, kafka_bootstrap, group, dlq_topic, 3)
-                if await asyncio.to_thread(landed, kafka_bootstrap, target, 3) > done:
-                    os.killpg(replay.pid, signal.SIGKILL)
-                    break
-                replay.send_signal(signal.SIGCONT)
-        await replay.wait()
+    # One client for the probes, reused: a probe must take milliseconds, not a new connection.
+    probe = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
+    dlq_parts = [TopicPartition(dlq_topic, p) for p in range(3)]
+
+    def progress() -> tuple[int, int]:
+        """(committed by the replay, landed on the target topic); (0, 0) while the group's
+        coordinator is not there yet."""
+        try:
+            done = sum(max(0, tp.offset) for tp in probe.committed(dlq_parts, timeout=10))
+        except KafkaException:
+            return 0, 0
+        landed_now = sum(
+            probe.get_watermark_offsets(TopicPartition(target, p), timeout=10, cached=False)[1]
+            for p in range(3)
+        )
+        return done, landed_now
+
+    try:
+        async with cli_process("replay", "--from", "dlq", "--group", group, env=env) as replay:
+            # Crashed in the middle of a batch: some of it published, the batch not
+            # committed. Frozen (SIGSTOP) while that is verified, then killed: no cleanup, no
+            # last commit.
+            deadline = time.monotonic() + 120
+            while True:
+                assert replay.returncode is None, "the replay ended before it could be crashed"
+                assert time.monotonic() < deadline, "never caught between a publish and its commit"
+                done, landed_now = progress()
+                if done and landed_now > done:
+                    replay.send_signal(signal.SIGSTOP)
+                    done, landed_now = progress()
+                    if landed_now > done:
+                        os.killpg(replay.pid, signal.SIGKILL)
+                        break
+                    replay.send_signal(signal.SIGCONT)
+                await asyncio.sleep(0)
+            await replay.wait()
+    finally:
+        probe.close()
     done = committed(kafka_bootstrap, group, dlq_topic, 3)
     before = by_event_id(read_to_end(kafka_bootstrap, event_topics(topic_prefix)))
     published = sum(before.values())
@@ -429,7 +451,10 @@ async def test_a_broker_down_during_the_replay_then_a_rerun_completes_exactly_on
             assert replay.returncode is None, "the replay ended before the broker went down"
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
+        # Frozen while the broker goes, so that the broker is gone in the middle of the run.
+        replay.send_signal(signal.SIGSTOP)
         await asyncio.to_thread(own_kafka.kill, 1)
+        replay.send_signal(signal.SIGCONT)
         async with asyncio.timeout(90):
             out, err = await replay.communicate()
     assert replay.returncode == 1, err.decode()[-3000:]
