@@ -8,7 +8,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import IntEnum
@@ -32,6 +32,7 @@ from tenacity import (
 from bridge import __version__, metrics
 from bridge.catalog import EVENTS
 from bridge.config import ApizeeSettings
+from bridge.dlq import new_request_id
 from bridge.errors import (
     ApizeeAuthError,
     ApizeeNotFoundError,
@@ -85,6 +86,8 @@ class TicketEvents:
     received_at_ms: int
     items: tuple[RestEvent, ...]
     invalid: tuple[InvalidItem, ...] = ()
+    # The id this fetch sent as X-Request-Id (on every attempt): dead letters carry it.
+    request_id: str = field(default_factory=new_request_id)
 
     @property
     def unknown(self) -> tuple[RestEvent, ...]:
@@ -433,6 +436,7 @@ class ApizeeClient:
         if self._session is None:
             raise RuntimeError("ApizeeClient.start() was not called")
         session = self._session
+        request_id = new_request_id()
         trial = self.circuit.admit()
         retrying = AsyncRetrying(
             # The half-open trial is one request, not a burst of retries.
@@ -443,7 +447,7 @@ class ApizeeClient:
             reraise=True,
         )
         try:
-            body: bytes = await retrying(self._attempt, session, ticket_id, trial)
+            body: bytes = await retrying(self._attempt, session, ticket_id, trial, request_id)
         except _Transient as exc:
             if exc.kind == "rate_limited":
                 self.circuit.record_success(trial)  # Apizee answered: it is up
@@ -471,6 +475,7 @@ class ApizeeClient:
             log.warning(
                 "apizee_invalid_items",
                 ticket_id=ticket_id,
+                request_id=request_id,
                 count=len(invalid),
                 first_reason=invalid[0].reason,
             )
@@ -479,9 +484,12 @@ class ApizeeClient:
             received_at_ms=time.time_ns() // 1_000_000,
             items=tuple(items),
             invalid=tuple(invalid),
+            request_id=request_id,
         )
 
-    async def _attempt(self, session: aiohttp.ClientSession, ticket_id: int, trial: bool) -> bytes:
+    async def _attempt(
+        self, session: aiohttp.ClientSession, ticket_id: int, trial: bool, request_id: str
+    ) -> bytes:
         self.circuit.check(trial)
         waited = await self.rate_limiter.acquire()
         if waited > 0:
@@ -491,7 +499,7 @@ class ApizeeClient:
             # Apizee must not get the whole queue sent to it anyway.
             self.circuit.check(trial)
         url = self._base_url + EVENTS_PATH.format(ticket_id=ticket_id)
-        headers = {"Authorization": f"Bearer {self._token.value()}"}
+        headers = {"Authorization": f"Bearer {self._token.value()}", "X-Request-Id": request_id}
         label = "other"
         started = time.perf_counter()
         try:

@@ -151,10 +151,128 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bridge.check import run_check
+    from bridge.config import ConfigError, load_settings
+    from bridge.logs import configure_logging
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            _say(
+                f"FAIL  configuration: {line}. Fix: set the variable as the message says"
+                " (`apizee-bridge config --env-docs` lists them all)"
+            )
+        _say("check: the configuration is invalid; nothing else was checked")
+        return EXIT_CONFIG
+    configure_logging(settings.log.level, settings.log.format)
+    return asyncio.run(
+        run_check(settings, _say, within=args.timeout, apizee_ticket=args.apizee_ticket)
+    )
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bridge.console import event_decoder
+    from bridge.logs import configure_logging
+    from bridge.tail import Filter, Tail, TailArgumentError, run_tail, topic_names
+
+    settings = _load_settings_or_exit()
+    try:
+        topics = topic_names(settings.kafka, args.topic or [])
+    except TailArgumentError as exc:
+        args.parser.error(str(exc))
+    configure_logging(settings.log.level, settings.log.format)
+    tail = Tail(
+        settings.kafka,
+        topics,
+        decode=event_decoder(settings.schema),
+        where=Filter(
+            tickets=frozenset(args.ticket or ()),
+            types=frozenset(args.type or ()),
+            sources=frozenset(args.source or ()),
+        ),
+        as_json=args.json,
+        from_beginning=args.from_beginning,
+        count=args.count,
+        connect_timeout=args.connect_timeout,
+    )
+    return asyncio.run(run_tail(tail))
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bridge.logs import configure_logging
+    from bridge.replay import Options, Selection, default_group, run_replay
+
+    if args.since is not None and args.until is not None and args.since > args.until:
+        args.parser.error("--since is after --until")
+    settings = _load_settings_or_exit()
+    configure_logging(settings.log.level, settings.log.format)
+    selection = Selection(
+        source=args.source,
+        since_ms=args.since,
+        until_ms=args.until,
+        kinds=frozenset(args.kind or ()),
+        tickets=frozenset(args.ticket or ()),
+    )
+    options = Options(
+        selection=selection,
+        group=args.group or default_group(settings, args.source),
+        dry_run=args.dry_run,
+        limit=args.limit,
+        restart=args.restart,
+        ready_timeout=args.ready_timeout,
+    )
+    return asyncio.run(
+        run_replay(settings, options, _say, lambda line: print(line, file=sys.stderr, flush=True))
+    )
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from bridge.simulator import simulate_command
 
     return simulate_command(args)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return int(text)
+
+
+def _iso_time(text: str) -> int:
+    from bridge.replay import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _ticket_id(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a ticket id: {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,6 +364,151 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up if Kafka is not reachable within S seconds (default 30)",
     )
     fill.set_defaults(func=_cmd_backfill)
+
+    check = sub.add_parser(
+        "check",
+        help="preflight of a deployment: brokers, topics, rights, Apizee token; exit 0 only"
+        " when all pass",
+        description="Check, without changing anything, what the bridge needs before traffic"
+        " arrives, printing one line per item (OK, FAIL with the fix, or SKIP): the"
+        " configuration; each bootstrap broker with the configured security (TLS, SASL); the"
+        " brokers the cluster advertises; every topic (partitions, replication factor,"
+        " min.insync.replicas, cleanup.policy) and this principal's rights on it; its right to"
+        " read the poller's consumer group; Apizee's REST API with the token (one request)."
+        " Exit 0 when every check passes, 1 when one fails, 2 on invalid configuration.",
+    )
+    check.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="give up on each broker or request after S seconds (default 10)",
+    )
+    check.add_argument(
+        "--apizee-ticket",
+        type=_ticket_id,
+        default=1,
+        metavar="ID",
+        help="the ticket whose events are asked for to test the token; a 404 still proves"
+        " the token is accepted (default 1)",
+    )
+    check.set_defaults(func=_cmd_check)
+
+    tail = sub.add_parser(
+        "tail",
+        help="print the bridge's topics, decoded, as records land (or from the beginning)",
+        description="Print each record of the bridge's event topics and DLQ as it lands (or"
+        " from the beginning with --from-beginning): events decoded (topic, partition@offset,"
+        " key, eventType, id, source, time, attributes), dead letters with their kind, source,"
+        " ticket, reason and the start of their body; as text lines, or one JSON object per"
+        " record with --json. Filters combine (AND); a repeated one is an OR. Joins no"
+        " consumer group. Stops on Ctrl-C or after --count records (exit 0); exit 1 when Kafka"
+        " cannot be reached or the topics may not be read, 2 on bad arguments.",
+    )
+    tail.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest retained record"
+    )
+    tail.add_argument(
+        "--topic",
+        action="append",
+        metavar="NAME",
+        help="a category (ticket, media, ...), unknown, dlq, or a full topic name; repeatable"
+        " (default: all of them)",
+    )
+    tail.add_argument(
+        "--ticket", action="append", type=_ticket_id, metavar="ID", help="only this ticket"
+    )
+    tail.add_argument(
+        "--type", action="append", metavar="EVENT_TYPE", help="only this eventType (events)"
+    )
+    tail.add_argument(
+        "--source",
+        action="append",
+        choices=("WEBHOOK", "POLLER"),
+        help="only what this path brought (the source header)",
+    )
+    tail.add_argument("--json", action="store_true", help="one JSON object per record")
+    tail.add_argument(
+        "--count", type=_positive_int, metavar="N", help="stop after N records printed"
+    )
+    tail.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        default=15.0,
+        metavar="S",
+        help="give up if Kafka does not answer within S seconds at start (default 15)",
+    )
+    tail.set_defaults(func=_cmd_tail, parser=tail)
+
+    replay = sub.add_parser(
+        "replay",
+        help="publish what was parked on the DLQ or the unknown topic and now passes",
+        description="Read the records parked on {prefix}.dlq or {prefix}.unknown (those the"
+        " filters select), run each through today's validation and catalog again, publish what"
+        " now passes to its topic with a replayed-from header (topic:partition:offset of the"
+        " parked record), and leave what still fails where it is, counted by reason. Event ids"
+        " already on their topic are skipped; progress is committed to a consumer group of the"
+        " replay's own, so a rerun after a crash continues where it stopped. Prints a summary"
+        " table; exit 0 when every selected record was handled, 1 when some still fail (or the"
+        " run could not finish), 2 on bad arguments. Runs beside a running bridge.",
+    )
+    replay.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        choices=("dlq", "unknown"),
+        help="the topic to replay: {prefix}.dlq or {prefix}.unknown",
+    )
+    replay.add_argument(
+        "--since",
+        type=_iso_time,
+        metavar="TIME",
+        help="only records parked at or after TIME (ISO 8601, e.g. 2026-11-25T16:00:00Z)",
+    )
+    replay.add_argument(
+        "--until", type=_iso_time, metavar="TIME", help="only records parked at or before TIME"
+    )
+    replay.add_argument(
+        "--kind",
+        action="append",
+        metavar="KIND",
+        help="only this kind; repeatable: the dlq-kind of a dead letter (invalid_json,"
+        " invalid_envelope, record_too_large, encode_error), the eventType of an unknown event",
+    )
+    replay.add_argument(
+        "--ticket", action="append", type=_ticket_id, metavar="ID", help="only this ticket"
+    )
+    replay.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="judge and count, publish and commit nothing",
+    )
+    replay.add_argument(
+        "--limit",
+        type=_positive_int,
+        metavar="N",
+        help="at most N selected records this run (the next run continues after them)",
+    )
+    replay.add_argument(
+        "--group",
+        metavar="GROUP",
+        help="the consumer group the progress is committed to (default:"
+        " <BRIDGE_POLLER_GROUP_ID>.replay-dlq or .replay-unknown)",
+    )
+    replay.add_argument(
+        "--restart",
+        action="store_true",
+        help="ignore the committed progress: start at --since or the beginning (what is"
+        " already on its topic is skipped)",
+    )
+    replay.add_argument(
+        "--ready-timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="S",
+        help="give up if Kafka is not reachable within S seconds (default 30)",
+    )
+    replay.set_defaults(func=_cmd_replay, parser=replay)
 
     sim = sub.add_parser(
         "simulate",

@@ -219,17 +219,23 @@ class Codec:
 
     def decode(self, data: bytes) -> CanonicalEvent:
         """Exact inverse of `encode`."""
-        record = self.decode_record(data)
-        extra = record.pop("extra")
-        return CanonicalEvent(
-            event_id=record["eventId"],
-            event_type=record["eventType"],
-            event_code=record["eventCode"],
-            ticket_id=record["ticketId"],
-            conversation_id=record["conversationId"],
-            occurred_at_ms=_to_millis(record["occurredAt"]),
-            source=Source(record["source"]),
-            received_at_ms=_to_millis(record["receivedAt"]),
-            attributes={k: v for k, v in record.items() if k not in _COMMON_FIELDS},
-            extra=json.loads(extra) if extra is not None else {},
-        )
+        return event_from_fields(self.decode_record(data))
+
+
+def event_from_fields(fields: Mapping[str, Any]) -> CanonicalEvent:
+    """The canonical event of a decoded record's fields (`Codec.decode_record`, or
+    `bridge.consumer.Decoder` for either framing)."""
+    record = dict(fields)
+    extra = record.pop("extra", None)
+    return CanonicalEvent(
+        event_id=record["eventId"],
+        event_type=record["eventType"],
+        event_code=record["eventCode"],
+        ticket_id=record["ticketId"],
+        conversation_id=record["conversationId"],
+        occurred_at_ms=_to_millis(record["occurredAt"]),
+        source=Source(record["source"]),
+        received_at_ms=_to_millis(record["receivedAt"]),
+        attributes={k: v for k, v in record.items() if k not in _COMMON_FIELDS},
+        extra=json.loads(extra) if extra is not None else {},
+    )

@@ -782,7 +782,11 @@ class PollerSettings(_Section):
     retire_grace_seconds: float = Field(
         default=300.0,
         ge=0,
-        description="A ticket stops being polled this long after its terminal event.",
+        description=(
+            "A ticket stops being polled this long after the bridge learned of its terminal"
+            " event (or after that event's own time, if later): a late terminal webhook still"
+            " gets the whole grace period."
+        ),
     )
     idle_ttl_seconds: float = Field(
         default=86_400.0,

@@ -19,23 +19,17 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-import orjson
 import structlog
 from aiohttp import ClientError, ClientSession, ClientTimeout
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 
 from bridge.app import Listening, serve
 from bridge.auth import sign
-from bridge.codec import Codec
 from bridge.config import (
     AdminSettings,
     BridgeSettings,
@@ -45,11 +39,11 @@ from bridge.config import (
     env_name,
     load_settings,
 )
+from bridge.console import ConsoleConsumer
 from bridge.devbroker import DevBrokerError, TansuBroker
 from bridge.errors import BridgeError
 from bridge.logs import configure_logging
-from bridge.models import Source
-from bridge.publisher import DLQ_SUFFIX, TopicNames, connection_kwargs
+from bridge.publisher import TopicNames
 from bridge.simulator import REST_PATH, SimEvent, Simulator, SimulatorConfig, WebhookConfig
 
 log = structlog.get_logger(__name__)
@@ -69,15 +63,8 @@ EXIT_CONFIG: Final = 2  # as `apizee-bridge run` (bridge.cli.EXIT_CONFIG)
 
 _LOOPBACK: Final = "127.0.0.1"
 _WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - compared, not bound
-_POLL_MS: Final = 200
-_DISCOVER_SECONDS: Final = 0.25  # until every bridge topic is assigned
-_REDISCOVER_SECONDS: Final = 10.0  # afterwards, to notice added partitions
-_RECONNECT_SECONDS: Final = 1.0
-_RECONNECT_MAX_SECONDS: Final = 10.0
 _READY_TIMEOUT: Final = 20.0
 _CONSUMER_STOP_SECONDS: Final = 2.0
-_SUMMARY_CHARS: Final = 160
-_DLQ_BODY_BYTES: Final = 80
 
 # The simulated Apizee: a handful of sessions at a pace one can read, a fifth of their webhooks
 # lost on the way, and poller timings short enough to see each gap filled within seconds.
@@ -651,160 +638,3 @@ def _auth_for_curl(settings: BridgeSettings, generated_token: str | None) -> tup
         "auth     basic (configured, not shown: put the password in the curl below)",
         ["-u", f"{auth.basic_username}:<{env_name('auth', 'basic_password')}>"],
     )
-
-
-# -- the console consumer ------------------------------------------------------------------
-
-
-class ConsoleConsumer:
-    """Prints one line per record written to the bridge's topics, as it lands.
-
-    No consumer group: partitions are assigned by hand, so nothing is committed and no other
-    reader is disturbed. Partitions that exist at start are read from their end (only what
-    lands now); partitions that appear later (the bridge creates its topics at start-up) are
-    read from their beginning, so their first records are not missed.
-    """
-
-    def __init__(
-        self,
-        settings: KafkaSettings,
-        *,
-        codec: Codec | None = None,
-        out: Callable[[str], None] = _say,
-    ) -> None:
-        self._settings = settings
-        self._codec = codec or Codec()
-        self._out = out
-        self._topics = TopicNames(settings.topic_prefix)
-        self._wanted = self._topics.events()
-        self._assigned: set[TopicPartition] = set()
-        # Next offset to print per assigned partition, kept across reconnects and re-assigns.
-        self._positions: dict[TopicPartition, int] = {}
-        self._first_discovery = True
-        self.all_assigned = asyncio.Event()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set; reconnects (with backoff) while Kafka is unreachable."""
-        backoff = _RECONNECT_SECONDS
-        while not stop.is_set():
-            kwargs = connection_kwargs(self._settings)
-            kwargs["client_id"] = f"{self._settings.client_id}-dev-console"
-            consumer = AIOKafkaConsumer(
-                **kwargs, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
-            )
-            admin = AIOKafkaAdminClient(**kwargs)
-            try:
-                await consumer.start()
-                await admin.start()
-                backoff = _RECONNECT_SECONDS
-                await self._consume(consumer, admin, stop)
-            except (KafkaError, OSError) as exc:
-                log.warning(
-                    "console_consumer_disconnected", error=type(exc).__name__, retry_in=backoff
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, _RECONNECT_MAX_SECONDS)
-            finally:
-                await admin.close()
-                await consumer.stop()
-
-    async def _consume(
-        self, consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient, stop: asyncio.Event
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        if self._assigned:  # a reconnect: carry on from the last printed offsets
-            await self._assign(consumer, set())
-        next_discovery = loop.time()
-        while not stop.is_set():
-            if loop.time() >= next_discovery:
-                await self._discover(consumer, admin)
-                done = self.all_assigned.is_set()
-                next_discovery = loop.time() + (_REDISCOVER_SECONDS if done else _DISCOVER_SECONDS)
-            if not self._assigned:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), _POLL_MS / 1000)
-                continue
-            batches = await consumer.getmany(timeout_ms=_POLL_MS)
-            for tp, records in sorted(batches.items()):
-                for record in records:
-                    self._out(self.describe(record))
-                    self._positions[tp] = record.offset + 1
-
-    async def _discover(self, consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient) -> None:
-        """Assign the partitions of the bridge's topics that are not assigned yet."""
-        # Metadata of all topics, then filtered: naming absent topics in a Metadata request
-        # could auto-create them on clusters that allow it, with the wrong partition count.
-        described = await admin.describe_topics()
-        present = {
-            TopicPartition(topic["topic"], partition["partition"])
-            for topic in described
-            if topic["topic"] in self._wanted and topic["error_code"] == 0
-            for partition in topic["partitions"]
-        }
-        new = present - self._assigned
-        if new:
-            await self._assign(consumer, new)
-        if {tp.topic for tp in self._assigned} >= set(self._wanted):
-            self.all_assigned.set()
-        self._first_discovery = False
-
-    async def _assign(self, consumer: AIOKafkaConsumer, new: set[TopicPartition]) -> None:
-        # assign() replaces the assignment and forgets every position: restore them.
-        self._assigned |= new
-        consumer.assign(sorted(self._assigned))
-        for tp, offset in self._positions.items():
-            consumer.seek(tp, offset)
-        unknown = sorted(self._assigned - self._positions.keys())
-        if unknown:
-            if self._first_discovery:
-                await consumer.seek_to_end(*unknown)
-            else:
-                await consumer.seek_to_beginning(*unknown)
-            for tp in unknown:
-                self._positions[tp] = await consumer.position(tp)
-
-    def describe(self, record: Any) -> str:
-        """One line for one record: where it landed, what it is, a short summary."""
-        key = record.key.decode(errors="replace") if record.key is not None else "-"
-        where = f"{record.topic} p{record.partition}@{record.offset} key={key}"
-        value: bytes = record.value or b""
-        headers = {name: raw.decode(errors="replace") for name, raw in record.headers or ()}
-        if record.topic == self._topics.dlq:
-            body = value[:_DLQ_BODY_BYTES]
-            more = f"... ({len(value)} bytes)" if len(value) > _DLQ_BODY_BYTES else ""
-            return (
-                f"{where} {DLQ_SUFFIX.upper()} kind={headers.get('dlq-kind', '?')}"
-                f" reason={_clip(headers.get('dlq-reason', '?'))!r} body={body!r}{more}"
-            )
-        try:
-            event = self._codec.decode(value)
-        except (BridgeError, ValueError, KeyError) as exc:
-            return f"{where} UNDECODABLE ({exc}) {value[:_DLQ_BODY_BYTES]!r}"
-        occurred = datetime.fromtimestamp(event.occurred_at_ms / 1000, UTC)
-        facts = {
-            "code": event.event_code,
-            "ticket": event.ticket_id,
-            "conversation": event.conversation_id,
-            **{name: v for name, v in event.attributes.items() if v is not None},
-        }
-        if event.extra:
-            facts["extra"] = event.extra
-        summary = " ".join(f"{name}={_compact(v)}" for name, v in facts.items() if v is not None)
-        # The header consumers route on; the body says the same.
-        source = headers.get("source", event.source.value)
-        filled = " (gap filled)" if source == Source.POLLER.value else ""
-        return (
-            f"{where} {event.event_type} id={event.event_id} source={source}{filled}"
-            f" at={occurred.strftime('%Y-%m-%dT%H:%M:%SZ')} {_clip(summary)}"
-        )
-
-
-def _compact(value: Any) -> str:
-    if isinstance(value, str | int | float):
-        return repr(value) if isinstance(value, str) else str(value)
-    return orjson.dumps(value, default=str).decode()
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _SUMMARY_CHARS else text[: _SUMMARY_CHARS - 3] + "..."

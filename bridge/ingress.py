@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from bridge import metrics
+from bridge import dlq, metrics
 from bridge.admission import BodyBudget, Throttled, new_request_id
 from bridge.auth import Authenticator, AuthError
 from bridge.config import BridgeSettings
@@ -282,11 +282,6 @@ async def _receive(
         ingress.authenticator.verify_body(request.headers, body, now)
 
     received_at_ms = time.time_ns() // 1_000_000
-    dlq_headers = {
-        "request-id": request[REQUEST_ID],
-        "received-at": str(received_at_ms),
-        "source": "WEBHOOK",
-    }
     try:
         event = from_webhook(parse_webhook(body), received_at_ms)
     except InvalidEventError as exc:
@@ -294,10 +289,20 @@ async def _receive(
         # DLQ failure becomes a 503, so that the sender retries; a DLQ too small for the
         # body, a 413).
         await ingress.publisher.publish_dlq(
-            body, kind=exc.kind, reason=exc.reason, headers=dlq_headers
+            body,
+            kind=exc.kind,
+            reason=exc.reason,
+            headers=dlq.webhook_headers(
+                request_id=request[REQUEST_ID],
+                received_at_ms=received_at_ms,
+                ticket_id=dlq.ticket_in_body(body),
+            ),
         )
         raise
 
+    dlq_headers = dlq.webhook_headers(
+        request_id=request[REQUEST_ID], received_at_ms=received_at_ms, ticket_id=event.ticket_id
+    )
     tracker = ingress.tracker
     if (tracker is not None and tracker.seen(event.ticket_id, event.event_id)) or not (
         await ingress.dedupe.claim(event.event_id)
@@ -322,7 +327,7 @@ async def _receive(
             body,
             kind="encode_error",
             reason=str(exc),
-            headers={"request-id": request[REQUEST_ID], "received-at": str(received_at_ms)},
+            headers=dlq_headers,
         )
         raise
     finally:

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import structlog
 
-from bridge import metrics
+from bridge import dlq, metrics
 from bridge.apizee import TicketEvents
 from bridge.catalog import EVENTS, TERMINAL_EVENT_TYPES, UNKNOWN_CATEGORY, category_of
 from bridge.config import PollerSettings
@@ -288,10 +288,10 @@ class Poller:
                 if now - item.timestamp * 1000 < settle_ms:
                     result.unsettled += 1  # its webhook may still be on its way
                     continue
-                await self._fill(ticket_id, item, now, result)
+                await self._fill(fetched, item, now, result)
             for invalid in fetched.invalid:
                 await self._reject(
-                    ticket_id, invalid.raw, invalid.error.kind, invalid.error.reason, result
+                    fetched, invalid.raw, invalid.error.kind, invalid.error.reason, result
                 )
         except PublishError as exc:
             result.error = exc.kind
@@ -305,10 +305,11 @@ class Poller:
         return result
 
     async def _reject(
-        self, ticket_id: int, raw: bytes, kind: str, reason: str, result: PollResult
+        self, fetched: TicketEvents, raw: bytes, kind: str, reason: str, result: PollResult
     ) -> None:
         """Send a malformed (or too large) item to the DLQ, once: the ticket's state
         remembers it."""
+        ticket_id = fetched.ticket_id
         state = self._store.get(ticket_id)
         key = _rejection_key(raw)
         if key in state.rejected:
@@ -318,7 +319,11 @@ class Poller:
                 raw,
                 kind=kind,
                 reason=reason,
-                headers={"ticket-id": str(ticket_id), "source": "POLLER"},
+                headers=dlq.poller_headers(
+                    request_id=fetched.request_id,
+                    received_at_ms=fetched.received_at_ms,
+                    ticket_id=ticket_id,
+                ),
             )
         except RecordTooLargeError as exc:
             # Not even the DLQ takes it: dropped, said once (remembered as rejected).
@@ -326,14 +331,17 @@ class Poller:
         state.rejected.add(key)
         result.rejected += 1
 
-    async def _fill(self, ticket_id: int, item: RestEvent, now: int, result: PollResult) -> None:
+    async def _fill(
+        self, fetched: TicketEvents, item: RestEvent, now: int, result: PollResult
+    ) -> None:
+        ticket_id = fetched.ticket_id
         category = category_of(item.eventType) if item.eventType in EVENTS else UNKNOWN_CATEGORY
         metrics.GAPS_FOUND.labels(category=category).inc()
         try:
             event = from_rest(item, ticket_id, now, Source.POLLER)
         except InvalidEventError as exc:
             await self._reject(
-                ticket_id, item.model_dump_json().encode(), exc.kind, exc.reason, result
+                fetched, item.model_dump_json().encode(), exc.kind, exc.reason, result
             )
             return
         if not await self._dedupe.claim(event.event_id):
@@ -351,7 +359,7 @@ class Poller:
             # Never fits its topic: kept raw on the DLQ instead of being tried every poll.
             log.warning("poll_record_too_large", ticket_id=ticket_id, reason=exc.reason)
             raw = item.model_dump_json().encode()
-            await self._reject(ticket_id, raw, "record_too_large", exc.reason, result)
+            await self._reject(fetched, raw, "record_too_large", exc.reason, result)
             return
         except asyncio.CancelledError:
             # stop() while the record is on its way: wait for its ack (the publisher is

@@ -12,7 +12,7 @@ import contextlib
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
@@ -33,7 +33,7 @@ from aiokafka.errors import RecordTooLargeError as KafkaRecordTooLargeError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from bridge import metrics
+from bridge import dlq, metrics
 from bridge.catalog import CATEGORIES, EVENTS, UNKNOWN_CATEGORY
 from bridge.codec import Codec
 from bridge.config import DLQ_RECORD_OVERHEAD_BYTES, KafkaSettings
@@ -340,7 +340,14 @@ class Publisher:
                 await self._sweeper
             self._sweeper = None
         if self._producer is not None:
-            await self._producer.stop()
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._producer.stop()
+            except TimeoutError:
+                # aiokafka's stop() waits for every queued batch, forever while Kafka is gone:
+                # those records were never acknowledged (their publishes failed), so the
+                # producer is left behind rather than holding the process.
+                log.warning("producer_stop_abandoned", seconds=self._timeout)
             self._producer = None
 
     @property
@@ -665,8 +672,13 @@ class Publisher:
 
     # -- publishing --------------------------------------------------------------------
 
-    async def publish(self, event: CanonicalEvent) -> None:
-        """Encode and publish one event; returns once Kafka acknowledged it."""
+    async def publish(
+        self, event: CanonicalEvent, *, extra_headers: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        """Encode and publish one event; returns once Kafka acknowledged it.
+
+        `extra_headers` follow the usual four (`replay` adds where the record came from).
+        """
         route = self._routes.get(event.event_type)
         if route is None:
             # An eventType the catalog lacks: the generic schema's route, the event's own type.
@@ -686,6 +698,7 @@ class Publisher:
             ("event-id", str(event.event_id).encode()),
             ("source", event.source.value.encode()),
             ("schema-fingerprint", route.fingerprint_header),
+            *extra_headers,
         ]
         key = str(event.ticket_id).encode()
         await self._send(route.topic, key, value, headers, route.topic_kind)
@@ -696,10 +709,13 @@ class Publisher:
     async def publish_dlq(
         self, body: bytes, *, kind: str, reason: str, headers: Mapping[str, str]
     ) -> None:
-        """Keep bytes that are not a valid event, as they came, with why they were refused."""
+        """Keep bytes that are not a valid event, as they came, with why they were refused.
+
+        `headers`: the rest of the contract, from `bridge.dlq` (webhook_ or poller_headers).
+        """
         all_headers = [
-            ("dlq-kind", kind.encode()),
-            ("dlq-reason", reason.encode()[:_DLQ_REASON_MAX_BYTES]),
+            (dlq.KIND, kind.encode()),
+            (dlq.REASON, reason.encode()[:_DLQ_REASON_MAX_BYTES]),
             *((k, v.encode()) for k, v in headers.items()),
         ]
         await self._send(self.topics.dlq, None, body, all_headers, DLQ_SUFFIX)

@@ -45,6 +45,9 @@ class TicketState:
     floor: int = 0
     last_event_ms: int = 0
     last_poll_ms: int = 0
+    # When the bridge learned of the ticket's terminal event (or that event's own time, if
+    # later): the retire grace counts from here, so a terminal webhook that arrives late
+    # (Apizee retrying after an outage, a skewed clock) still gets its grace period.
     terminal_ms: int = 0
     retired_ms: int = 0
     # Keys (ids or content hashes) of malformed REST items already sent to the DLQ.
@@ -178,8 +181,8 @@ class StateStore:
         state = self.get(ticket_id)
         state.add(event_id, self._max_ids)
         state.last_event_ms = max(state.last_event_ms, self._clock())
-        if event_type in TERMINAL_EVENT_TYPES:
-            state.terminal_ms = state.terminal_ms or max(occurred_ms, 1)
+        if event_type in TERMINAL_EVENT_TYPES and not state.terminal_ms:
+            state.terminal_ms = max(occurred_ms, self._clock(), 1)
         self._dirty.add(ticket_id)
 
     def touch(self, ticket_id: int) -> TicketState:

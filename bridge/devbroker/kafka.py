@@ -86,6 +86,15 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n")
 
 
+def _cluster_id() -> str:
+    """A random cluster id, as Kafka's Uuid.randomUuid makes them: never starting with '-'
+    (the storage tool would read it as an option, one time in 32)."""
+    while True:
+        found = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not found.startswith("-"):
+            return found
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaTls:
     """PEM files for the SSL listeners: the brokers' certificate chain and PKCS#8 key, and the
@@ -241,7 +250,7 @@ class KafkaCluster:
         self.tls = tls
         self.authorizer = authorizer
         self.host = host
-        self.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self.cluster_id = _cluster_id()
         listeners = [PLAINTEXT]
         if self.users:
             listeners.append(SASL_PLAINTEXT)

@@ -265,6 +265,17 @@ _INVALID = [
 ]
 
 
+def _named_ticket(body: bytes) -> int | None:
+    """The integer props.ticketId of a body, if it is JSON and has one."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    props = document.get("props") if isinstance(document, dict) else None
+    ticket = props.get("ticketId") if isinstance(props, dict) else None
+    return ticket if type(ticket) is int else None
+
+
 async def test_invalid_bodies_get_400_and_their_raw_bytes_go_to_the_dlq(
     bridge: InProcessBridge, kafka_bootstrap: str, topic_prefix: str
 ) -> None:
@@ -286,13 +297,19 @@ async def test_invalid_bodies_get_400_and_their_raw_bytes_go_to_the_dlq(
         record = dead[reply.headers["X-Request-Id"]]
         assert record.value == body, kind  # the raw bytes, as they came (b"" reads back empty)
         assert record.key is None
+        # The DLQ header contract (README "Dead letters"); ticket-id when the body names one.
+        named = _named_ticket(body)
         assert set(record.headers) == {
             "dlq-kind",
             "dlq-reason",
             "request-id",
             "received-at",
             "source",
+            *(["ticket-id"] if named is not None else []),
         }
+        if named is not None:
+            assert record.headers["ticket-id"] == str(named).encode()
+        assert record.headers["request-id"] == reply.headers["X-Request-Id"].encode()
         assert record.headers["dlq-kind"] == kind.encode()
         assert record.headers["dlq-reason"] == reason.encode()
         assert record.headers["source"] == b"WEBHOOK"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -63,6 +64,7 @@ class Seen:
     at: float
     path: str
     authorization: str | None
+    request_id: str | None = None
 
 
 class FakeApizee:
@@ -78,7 +80,15 @@ class FakeApizee:
         self.seen.clear()
 
     async def handle(self, request: web.Request) -> web.Response:
-        self.seen.append(Seen(time.monotonic(), request.path, request.headers.get("Authorization")))
+        headers = request.headers
+        self.seen.append(
+            Seen(
+                time.monotonic(),
+                request.path,
+                headers.get("Authorization"),
+                headers.get("X-Request-Id"),
+            )
+        )
         reply = self.replies[min(len(self.seen), len(self.replies)) - 1]
         if callable(reply):
             reply = reply()
@@ -297,6 +307,19 @@ async def test_5xx_is_retried_with_backoff_then_succeeds(apizee: FakeApizee) -> 
     assert 0.05 - EPS <= first <= 0.1 + 0.1
     assert 0.1 - EPS <= second <= 0.2 + 0.1
     assert sample("apizee_requests_total", status="5xx") == before + 2
+
+
+async def test_one_request_id_per_fetch_sent_on_every_attempt(apizee: FakeApizee) -> None:
+    # Dead letters of the poller carry it (README "Dead letters"): Apizee's logs can be
+    # searched for the request that listed a malformed item.
+    apizee.script(Reply(503, b"down"), Reply())
+    async with ApizeeClient(make_settings(apizee.base_url)) as client:
+        first = await client.fetch_events(1)
+        second = await client.fetch_events(1)
+    sent = [s.request_id for s in apizee.seen]
+    assert sent == [first.request_id, first.request_id, second.request_id]
+    assert first.request_id != second.request_id
+    assert re.fullmatch(r"[0-9a-f]{32}", first.request_id)
 
 
 async def test_exhausted_retries_raise_unavailable(apizee: FakeApizee) -> None:

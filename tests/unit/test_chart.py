@@ -153,7 +153,7 @@ def test_rendered_kinds() -> None:
     assert kinds == sorted(
         [
             *("ConfigMap", "Deployment", "PodDisruptionBudget", "Secret"),
-            *("Service", "Service", "ServiceAccount"),
+            *("Service", "Service", "ServiceAccount", "Pod"),
         ]
     )
     kinds = sorted(d["kind"] for d in render(ALL_ON))
@@ -161,9 +161,10 @@ def test_rendered_kinds() -> None:
         [
             *("ConfigMap", "ConfigMap", "Deployment", "PodDisruptionBudget", "Secret"),
             *("Service", "Service", "ServiceAccount", "Ingress", "HorizontalPodAutoscaler"),
-            *("NetworkPolicy", "ServiceMonitor", "PrometheusRule"),
+            *("NetworkPolicy", "ServiceMonitor", "PrometheusRule", "Pod"),
         ]
     )
+    assert "Pod" not in {d["kind"] for d in render({"helmTest": {"enabled": False}})}
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
@@ -524,6 +525,8 @@ def test_schema_config_mirrors_the_bridge_settings() -> None:
         ({"prometheusRule": {"thresholds": {"unavailableRatio": 5}}}, "/prometheusRule"),
         ({"ingress": {"hosts": [{"host": "h", "paths": [{"path": "x"}]}]}}, "/ingress/hosts"),
         ({"replicas": 3}, "replicas"),
+        ({"helmTest": {"timeoutSeconds": 0}}, "/helmTest/timeoutSeconds"),
+        ({"helmTest": {"command": "sh"}}, "/helmTest"),
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any], where: str) -> None:
@@ -626,6 +629,8 @@ _OPAQUE_VALUES = {
     "securityContext",
     "resources.requests",
     "resources.limits",
+    "helmTest.resources.requests",
+    "helmTest.resources.limits",
 }
 
 
@@ -646,6 +651,72 @@ def test_chart_readme_documents_every_value() -> None:
     documented = set(re.findall(r"^\| `([^`]+)` \|", table, re.MULTILINE))
     values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
     assert documented == set(_leaf_keys(values))
+
+
+# -- the `helm test` hook ------------------------------------------------------------------
+
+
+def check_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(docs, "Pod", f"{RELEASE}-check")
+
+
+def test_helm_test_hook_runs_check_with_what_the_bridge_runs_with(
+    variant: tuple[str, list[dict[str, Any]]],
+) -> None:
+    name, docs = variant
+    pod = check_pod(docs)
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "test"
+    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never"
+    (check,) = spec["containers"]
+    bridge = container(docs)
+    assert check["args"] == ["check", "--timeout", "10"]
+    assert check["image"] == bridge["image"]
+    # The same configuration and secrets as the bridge: what `check` checks is what runs.
+    assert check["envFrom"] == bridge["envFrom"]
+    assert check.get("env") == bridge.get("env")
+    bridge_spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    mounted = [m for m in bridge["volumeMounts"] if m["name"] != "tmp"]
+    assert check.get("volumeMounts", []) == mounted
+    assert spec.get("volumes", []) == [v for v in bridge_spec["volumes"] if v["name"] != "tmp"]
+    if name == "all_on":
+        assert {m["name"] for m in mounted} == {"secrets", "kafka-tls", "schema-registry-tls"}
+    assert spec["serviceAccountName"] == bridge_spec["serviceAccountName"]
+    assert spec["securityContext"] == bridge_spec["securityContext"]
+    assert check["securityContext"] == bridge["securityContext"]
+    assert check["resources"]["limits"]["memory"]
+
+
+def test_helm_test_pod_is_selected_by_no_service_budget_or_policy(
+    variant: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = variant
+    labels = check_pod(docs)["metadata"]["labels"]
+    assert labels["app.kubernetes.io/instance"] == RELEASE
+    selectors = [d["spec"]["selector"] for d in docs if d["kind"] == "Service"]
+    selectors += [
+        d["spec"]["selector"]["matchLabels"]
+        for d in docs
+        if d["kind"] in ("PodDisruptionBudget", "Deployment")
+    ]
+    selectors += [
+        d["spec"]["podSelector"]["matchLabels"] for d in docs if d["kind"] == "NetworkPolicy"
+    ]
+    assert selectors
+    for selector in selectors:
+        assert not selector.items() <= labels.items(), selector
+
+
+def test_notes_say_how_to_run_the_check() -> None:
+    assert f"helm test {RELEASE} -n {NAMESPACE} --logs" in notes({})
+    assert "helm test" not in notes({"helmTest": {"enabled": False}})
+
+
+def test_helm_test_timeout_is_passed_on() -> None:
+    pod = check_pod(render({"helmTest": {"timeoutSeconds": 2.5}}))
+    assert pod["spec"]["containers"][0]["args"] == ["check", "--timeout", "2.5"]
 
 
 # -- the image ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ from bridge.publisher import Publisher
 from bridge.state import StateStore, TicketState, now_ms, partition_for
 
 MAX_IDS = 100
+# What a DLQ record carries besides dlq-kind and dlq-reason, whichever path parked it.
+DLQ_HEADERS = {"source", "received-at", "request-id", "ticket-id"}
 TICKET = 361
 CONVERSATION = 548
 T0_MS = 1_750_000_000_000  # the fake wall clock's start: whole seconds, like Apizee's times
@@ -79,6 +82,7 @@ class Lister:
         # A fetch of that ticket waits for the event (once: the gate is used up).
         self.gates: dict[int, asyncio.Event] = {}
         self.calls: list[int] = []
+        self.returned: list[TicketEvents] = []
         self.cancelled: list[int] = []
         self.used_gates: list[asyncio.Event] = []
 
@@ -95,12 +99,14 @@ class Lister:
         error = self.errors.get(ticket_id)
         if error is not None:
             raise error
-        return TicketEvents(
+        fetched = TicketEvents(
             ticket_id,
             now_ms(),
             tuple(self.items.get(ticket_id, ())),
             tuple(self.invalid.get(ticket_id, ())),
         )
+        self.returned.append(fetched)
+        return fetched
 
 
 @dataclass(frozen=True)
@@ -433,7 +439,8 @@ async def test_a_terminal_gap_marks_the_ticket_terminal(clock: Clock) -> None:
         item(2, "ticket.closed", at=T0_S - 100),
     ]
     await rig.poller.poll_ticket(TICKET)
-    assert rig.store.get(TICKET).terminal_ms == (T0_S - 100) * 1000
+    # Closed 100 s ago per Apizee, learned now: the grace period counts from now.
+    assert rig.store.get(TICKET).terminal_ms == T0_MS
 
 
 async def test_an_unknown_event_type_is_published_not_dead_lettered(clock: Clock) -> None:
@@ -471,12 +478,20 @@ async def test_malformed_items_reach_the_dlq_once_per_ticket(clock: Clock) -> No
     assert first.published == again.published == other.published == 0
     assert rig.publisher.events == []
 
+    # The DLQ header contract (README "Dead letters"): the webhook's set, from the fetch.
+    assert all(set(r.headers) == DLQ_HEADERS for r in rig.publisher.dlq)
+    polls = [rig.lister.returned[0]] * 2 + [rig.lister.returned[2]] * 2
     assert [r.headers for r in rig.publisher.dlq] == [
-        {"ticket-id": "1", "source": "POLLER"},
-        {"ticket-id": "1", "source": "POLLER"},
-        {"ticket-id": "2", "source": "POLLER"},
-        {"ticket-id": "2", "source": "POLLER"},
+        {
+            "source": "POLLER",
+            "ticket-id": str(p.ticket_id),
+            "received-at": str(p.received_at_ms),
+            "request-id": p.request_id,
+        }
+        for p in polls
     ]
+    assert polls[0].request_id != polls[2].request_id
+    assert all(re.fullmatch(r"[0-9a-f]{32}", p.request_id) for p in polls)
     assert {r.kind for r in rig.publisher.dlq} == {"invalid_envelope"}
     by_body = {r.body: r.reason for r in rig.publisher.dlq[:2]}
     assert by_body[bad_envelope] == "id: not an integer"
@@ -581,9 +596,9 @@ async def test_an_apizee_error_is_the_polls_result_not_a_crash(
 
 
 async def test_a_ticket_is_retired_a_grace_period_after_its_terminal_event() -> None:
-    rig = make_rig(interval_seconds=60.0, retire_grace_seconds=300.0)
+    rig = make_rig(interval_seconds=60.0, retire_grace_seconds=0.3)
     now = now_ms()
-    closed_at = now - 300_000 + 300  # the grace period ends 0.3 s from now
+    closed_at = now  # learned now: the grace period ends 0.3 s from now
     rig.store.record(TICKET, 1, "ticket.new", 0)
     rig.store.record(TICKET, 2, "ticket.closed", closed_at)
     rig.lister.items[TICKET] = [item(1, at=now / 1000 - 400), item(2, at=closed_at / 1000)]
@@ -599,6 +614,27 @@ async def test_a_ticket_is_retired_a_grace_period_after_its_terminal_event() -> 
     state = rig.store.get(TICKET)
     assert (state.ids, state.floor) == (set(), 2)
     assert metric("tickets_retired_total", reason="terminal") == before + 1
+
+
+async def test_a_late_terminal_event_keeps_the_ticket_polled_for_its_grace_period() -> None:
+    # ticket.closed learned an hour after Apizee recorded it (a webhook retried after an
+    # outage): the ticket is still polled for the whole grace period, so an event Apizee
+    # lists after the close is found.
+    rig = make_rig(interval_seconds=0.05, retire_grace_seconds=0.5, settle_seconds=0.0)
+    an_hour_ago = now_ms() - 3_600_000
+    rig.store.record(TICKET, 1, "ticket.new", an_hour_ago)
+    rig.store.record(TICKET, 2, "ticket.closed", an_hour_ago)
+    rig.lister.items[TICKET] = [
+        item(1, "ticket.new", at=an_hour_ago / 1000),
+        item(2, "ticket.closed", at=an_hour_ago / 1000),
+    ]
+    async with running(rig):
+        rig.poller.schedule(TICKET, 0)
+        await eventually(lambda: len(rig.lister.calls) >= 1)
+        rig.lister.items[TICKET].append(item(3, "survey.answered", at=time.time()))
+        await eventually(lambda: rig.publisher.ids == [3])
+        assert not rig.store.get(TICKET).retired
+        await eventually(lambda: rig.store.get(TICKET).retired)
 
 
 async def test_a_ticket_without_events_for_the_idle_ttl_is_retired() -> None:
@@ -671,7 +707,8 @@ async def test_stop_cancels_the_polls_in_flight() -> None:
 
 async def test_retirement_cancels_a_poll_queued_during_the_last_one() -> None:
     rig = make_rig(retire_grace_seconds=300.0)
-    rig.store.record(TICKET, 2, "ticket.closed", now_ms() - 301_000)  # grace period over
+    rig.store.record(TICKET, 2, "ticket.closed", 0)
+    rig.store.get(TICKET).terminal_ms = now_ms() - 301_000  # learned then: grace period over
     last_poll = rig.lister.gates[TICKET] = asyncio.Event()
     async with running(rig):
         rig.poller.schedule(TICKET, 0)

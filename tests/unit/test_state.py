@@ -119,10 +119,28 @@ def test_merge_record_marks_owned_tickets_dirty_when_another_writer_knew_more() 
     assert 5 not in store.tickets
 
 
-def test_terminal_event_is_recorded() -> None:
-    store = StateStore(MAX_IDS)
+def test_terminal_event_counts_from_when_the_bridge_learned_of_it() -> None:
+    # Apizee recorded the close long ago (a webhook retried after an outage): the retire
+    # grace must not be over before the bridge even heard of it.
+    store = StateStore(MAX_IDS, clock=lambda: 5_000_000)
     store.record(5, 50, "ticket.closed", 1234)
-    assert store.get(5).terminal_ms == 1234
+    assert store.get(5).terminal_ms == 5_000_000
+
+
+def test_terminal_event_time_later_than_the_bridge_clock_is_kept() -> None:
+    # Apizee's clock ahead of ours: the later of the two, so the grace is never shortened.
+    store = StateStore(MAX_IDS, clock=lambda: 1_000)
+    store.record(5, 50, "ticket.closed", 9_000)
+    assert store.get(5).terminal_ms == 9_000
+
+
+def test_the_first_terminal_event_learned_counts() -> None:
+    now = [1_000]
+    store = StateStore(MAX_IDS, clock=lambda: now[0])
+    store.record(5, 50, "ticket.closed", 0)
+    now[0] = 2_000
+    store.record(5, 51, "ticket.completed", 0)
+    assert store.get(5).terminal_ms == 1_000
 
 
 def test_memory_per_ten_thousand_active_tickets() -> None:

@@ -100,6 +100,86 @@ schemaRegistryPassword: {key: schema-registry-password, env: BRIDGE_SCHEMA_REGIS
 {{- end }}
 {{- end }}
 
+{{/* The bridge's environment: the ConfigMap, the secret files, extraEnv. Shared by the
+Deployment and the `helm test` Pod, so that `apizee-bridge check` sees what the bridge sees. */}}
+{{- define "apizee-kafka-bridge.containerEnv" -}}
+{{- $used := include "apizee-kafka-bridge.usedSecrets" . | fromYaml -}}
+envFrom:
+  - configMapRef:
+      name: {{ include "apizee-kafka-bridge.fullname" . }}
+{{- if or $used .Values.extraEnv }}
+env:
+  {{- range $name, $spec := $used }}
+  - name: {{ $spec.env }}
+    value: /etc/apizee-kafka-bridge/secrets/{{ $spec.file }}
+  {{- end }}
+  {{- with .Values.extraEnv }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Mounts of the secret files and the Kafka and registry TLS files (list items; may be
+empty). */}}
+{{- define "apizee-kafka-bridge.secretVolumeMounts" -}}
+{{- $used := include "apizee-kafka-bridge.usedSecrets" . | fromYaml -}}
+{{- if $used }}
+- name: secrets
+  mountPath: /etc/apizee-kafka-bridge/secrets
+  readOnly: true
+{{- end }}
+{{- if .Values.kafkaTls.existingSecret }}
+- name: kafka-tls
+  mountPath: /etc/apizee-kafka-bridge/kafka-tls
+  readOnly: true
+{{- end }}
+{{- if .Values.schemaRegistryTls.existingSecret }}
+- name: schema-registry-tls
+  mountPath: /etc/apizee-kafka-bridge/schema-registry-tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The volumes of those mounts (list items; may be empty). */}}
+{{- define "apizee-kafka-bridge.secretVolumes" -}}
+{{- $used := include "apizee-kafka-bridge.usedSecrets" . | fromYaml -}}
+{{- if $used }}
+- name: secrets
+  secret:
+    secretName: {{ include "apizee-kafka-bridge.secretName" . }}
+    defaultMode: 0440
+    items:
+      {{- range $name, $spec := $used }}
+      - key: {{ $spec.key }}
+        path: {{ $spec.file }}
+      {{- end }}
+{{- end }}
+{{- if .Values.kafkaTls.existingSecret }}
+- name: kafka-tls
+  secret:
+    secretName: {{ .Values.kafkaTls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- if .Values.schemaRegistryTls.existingSecret }}
+- name: schema-registry-tls
+  secret:
+    secretName: {{ .Values.schemaRegistryTls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{/* Labels of the `helm test` Pod: the release's, but a name the Services, the
+PodDisruptionBudget and the NetworkPolicy do not select (it serves nothing). */}}
+{{- define "apizee-kafka-bridge.checkLabels" -}}
+helm.sh/chart: {{ include "apizee-kafka-bridge.chart" . }}
+app.kubernetes.io/name: {{ include "apizee-kafka-bridge.name" . }}-check
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: check
+app.kubernetes.io/version: {{ include "apizee-kafka-bridge.imageTag" . | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: apizee-kafka-bridge
+{{- end }}
+
 {{- define "apizee-kafka-bridge.pollingEnabled" -}}
 {{- $apizee := .Values.config.apizee | default dict }}
 {{- $poller := .Values.config.poller | default dict }}

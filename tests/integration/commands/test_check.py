@@ -1,0 +1,213 @@
+"""`apizee-bridge check` as a process against real brokers: a deployment that passes, a broker
+down, a principal without rights and topics configured wrong (then fixed), a refused Apizee
+token, bad arguments and an invalid configuration."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from confluent_kafka.admin import AclOperation, AlterConfigOpType, ConfigEntry, ConfigResource
+
+from bridge.devbroker import free_port
+from bridge.publisher import TopicNames
+from bridge.simulator import ApizeeRestServer
+from tests.integration.commands.clikit import Secured, command_env, run_cli
+from tests.integration.pollerkit import capture_tracking, poller_settings, replica
+
+pytestmark = pytest.mark.integration
+
+SIM_TOKEN = "simulator-token"
+
+
+async def test_a_running_deployment_passes_every_check(
+    kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rest = ApizeeRestServer(lambda _t: None, token=SIM_TOKEN)
+    await rest.start()
+    group = f"{topic_prefix}.bridge"
+    settings = poller_settings(
+        kafka_bootstrap,
+        topic_prefix,
+        rest.url,
+        poller={"group_session_timeout_ms": 6000, "group_heartbeat_interval_ms": 1000},
+    )
+    try:
+        async with replica(settings, capture_tracking(monkeypatch)):
+            env = command_env(
+                kafka_bootstrap,
+                topic_prefix,
+                BRIDGE_KAFKA_TOPIC_PARTITIONS="4",
+                BRIDGE_APIZEE_BASE_URL=rest.url,
+                BRIDGE_APIZEE_TOKEN=SIM_TOKEN,
+                BRIDGE_POLLER_GROUP_ID=group,
+            )
+            ran = await run_cli("check", env=env)
+    finally:
+        await rest.stop()
+    print(f"\n{ran.stdout}")
+    assert ran.code == 0, ran
+    topics = TopicNames(topic_prefix)
+    for topic in [*topics.events(), topics.state]:
+        line = ran.line(f"OK    topic {topic}:")
+        assert "4 partitions, replication 1" in line, line
+        assert "may write" in line
+    assert "cleanup.policy compact" in ran.line(f"OK    topic {topics.state}:")
+    assert "cleanup.policy delete" in ran.line(f"OK    topic {topics.dlq}:")
+    ran.line(f"OK    consumer group {group}:")
+    ran.line(f"OK    broker {kafka_bootstrap}: reachable (PLAINTEXT)")
+    assert "token accepted" in ran.line("OK    Apizee REST API")
+    assert ran.lines[-1] == "check: all 15 checks passed"
+    assert not [line for line in ran.lines if line.startswith("FAIL")]
+
+
+async def test_a_broker_down_is_named_with_the_fix(kafka_bootstrap: str, topic_prefix: str) -> None:
+    down = f"127.0.0.1:{free_port()}"
+    # One of two bootstrap brokers down: the other still answers, the cluster is checked.
+    env = command_env(f"{kafka_bootstrap},{down}", topic_prefix)
+    ran = await run_cli("check", "--timeout", "3", env=env)
+    assert ran.code == 1, ran
+    line = ran.line(f"FAIL  broker {down}:")
+    assert "connection refused" in line
+    assert "Fix: is a broker listening there? check BRIDGE_KAFKA_BOOTSTRAP_SERVERS" in line
+    ran.line(f"OK    broker {kafka_bootstrap}:")
+    # Nothing of this prefix exists yet: each topic says how to create it.
+    assert "missing. Fix: the bridge creates it at start-up" in ran.line(
+        f"FAIL  topic {topic_prefix}.dlq:"
+    )
+    # Every bootstrap broker down: nothing more can be checked, and it is said so.
+    ran = await run_cli("check", "--timeout", "3", env=command_env(down, topic_prefix))
+    assert ran.code == 1, ran
+    assert "connection refused" in ran.line(f"FAIL  broker {down}:")
+    ran.line("SKIP  topics and rights: not checked: no broker reachable")
+    assert re.fullmatch(r"check: 1 of 2 checks failed", ran.lines[-1]), ran
+
+
+async def test_missing_rights_and_wrong_topic_configs_are_named_then_pass_once_fixed(
+    secured: Secured, topic_prefix: str
+) -> None:
+    topics = TopicNames(topic_prefix)
+    group = f"{topic_prefix}.group"
+    secured.create_topics(
+        topic_prefix,
+        state=True,
+        # A state topic deleted by retention, an event topic compacted: both wrong.
+        configs={
+            topics.state: {"cleanup.policy": "delete"},
+            topics.dlq: {"cleanup.policy": "compact"},
+        },
+    )
+    rest = ApizeeRestServer(lambda _t: None, token=SIM_TOKEN)
+    await rest.start()
+    apizee = {
+        "BRIDGE_KAFKA_TOPIC_PARTITIONS": "3",
+        "BRIDGE_APIZEE_BASE_URL": rest.url,
+        "BRIDGE_APIZEE_TOKEN": SIM_TOKEN,
+        "BRIDGE_POLLER_GROUP_ID": group,
+    }
+    try:
+        # A principal with no right at all sees nothing.
+        ran = await run_cli("check", env=secured.env(topic_prefix, "nobody", **apizee))
+        assert ran.code == 1, ran
+        assert "reachable (SASL_PLAINTEXT SCRAM-SHA-512 as nobody)" in ran.line("OK    broker")
+        for topic in [*topics.events(), topics.state]:
+            line = ran.line(f"FAIL  topic {topic}:")
+            assert "not visible to User:nobody (missing, or DESCRIBE denied)" in line, line
+        assert "User:nobody may not read it" in ran.line(f"FAIL  consumer group {group}:")
+
+        # The bridge's user may write the topics (and read their configs), not yet read the
+        # state topic nor the group.
+        secured.allow(
+            "bridge",
+            [AclOperation.WRITE, AclOperation.DESCRIBE_CONFIGS],
+            topic_prefix=f"{topic_prefix}.",
+        )
+        ran = await run_cli("check", env=secured.env(topic_prefix, "bridge", **apizee))
+        print(f"\n{ran.stdout}")
+        assert ran.code == 1, ran
+        assert "User:bridge may write" in ran.line(f"OK    topic {topic_prefix}.ticket:")
+        state = ran.line(f"FAIL  topic {topics.state}:")
+        assert "cleanup.policy delete: the ticket state must be compacted" in state
+        assert "User:bridge may not read it" in state
+        assert "--add-config cleanup.policy=compact" in state
+        assert "--operation Read --topic" in state
+        dlq = ran.line(f"FAIL  topic {topics.dlq}:")
+        assert "compaction would drop all but its last event" in dlq
+        assert "--add-config cleanup.policy=delete" in dlq
+        assert "kafka-acls.sh --add --allow-principal User:bridge --operation Read --group" in (
+            ran.line(f"FAIL  consumer group {group}:")
+        )
+        assert ran.lines[-1] == "check: 3 of 15 checks failed", ran
+
+        # Fixed as the lines say: every check passes.
+        secured.allow("bridge", [AclOperation.READ], topic=topics.state, group=group)
+        admin = secured.admin()
+        for topic, policy in ((topics.state, "compact"), (topics.dlq, "delete")):
+            resource = ConfigResource(
+                ConfigResource.Type.TOPIC,
+                topic,
+                incremental_configs=[
+                    ConfigEntry(
+                        "cleanup.policy", policy, incremental_operation=AlterConfigOpType.SET
+                    )
+                ],
+            )
+            for future in admin.incremental_alter_configs([resource]).values():
+                future.result()
+        ran = await run_cli("check", env=secured.env(topic_prefix, "bridge", **apizee))
+        assert ran.code == 0, ran
+
+        # A wrong password: the broker line says so, nothing else is asked.
+        ran = await run_cli(
+            "check", env=secured.env(topic_prefix, "bridge", password="wrong", **apizee)
+        )
+        assert ran.code == 1, ran
+        line = ran.line("FAIL  broker")
+        assert "SASL authentication failed (SCRAM-SHA-512 as 'bridge')" in line
+        assert "Fix: check BRIDGE_KAFKA_SASL_USERNAME, BRIDGE_KAFKA_SASL_PASSWORD" in line
+        # A PLAINTEXT client on the SASL listener.
+        env = secured.env(topic_prefix, "bridge", **apizee)
+        for name in ("MECHANISM", "USERNAME", "PASSWORD"):
+            del env[f"BRIDGE_KAFKA_SASL_{name}"]
+        env["BRIDGE_KAFKA_SECURITY_PROTOCOL"] = "PLAINTEXT"
+        ran = await run_cli("check", "--timeout", "5", env=env)
+        assert ran.code == 1, ran
+        assert "does this listener expect PLAINTEXT?" in ran.line("FAIL  broker")
+    finally:
+        await rest.stop()
+
+
+async def test_a_refused_apizee_token_is_named(kafka_bootstrap: str, topic_prefix: str) -> None:
+    rest = ApizeeRestServer(lambda _t: None, token=SIM_TOKEN)
+    await rest.start()
+    try:
+        env = command_env(
+            kafka_bootstrap,
+            topic_prefix,
+            BRIDGE_APIZEE_BASE_URL=rest.url,
+            BRIDGE_APIZEE_TOKEN="expired-token",
+        )
+        ran = await run_cli("check", "--timeout", "3", env=env)
+    finally:
+        await rest.stop()
+    assert ran.code == 1, ran
+    line = ran.line(f"FAIL  Apizee REST API {rest.url}:")
+    assert "token refused (401)" in line
+    assert "BRIDGE_APIZEE_TOKEN" in line
+    # One request: no retry, no loop.
+    assert len(rest.requests) == 1
+
+
+async def test_bad_arguments_and_an_invalid_configuration_exit_2(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    env = command_env(kafka_bootstrap, topic_prefix)
+    for args in (["--timeout", "-1"], ["--timeout", "soon"], ["--apizee-ticket", "x"], ["--nope"]):
+        ran = await run_cli("check", *args, env=env)
+        assert ran.code == 2, (args, str(ran))
+        assert "usage: apizee-bridge" in ran.stderr
+    ran = await run_cli("check", env={**env, "BRIDGE_KAFKA_LINGER_MS": "soon"})
+    assert ran.code == 2, ran
+    assert ran.line("FAIL  configuration: BRIDGE_KAFKA_LINGER_MS:").startswith(
+        "FAIL  configuration: BRIDGE_KAFKA_LINGER_MS: Input should be a valid integer"
+    )
