@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -306,6 +306,31 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._sync.on_assigned({tp.partition for tp in assigned})
 
 
+# Records per getmany() while restoring or following the state topic.
+_BATCH: Final = 5000
+
+
+async def _restored_to(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    end: int,
+    merged_to: int,
+    drained: bool,
+    batches: Mapping[TopicPartition, Any],
+) -> bool:
+    """Whether a partition's restore reached `end` (its end offset when it began).
+
+    Not from position() alone: that is the *fetch* position, which runs ahead of what
+    getmany() returned while fetched records wait in aiokafka's buffer. Done once a merged
+    record reached `end`, or, for a partition whose last offsets were compacted away, once
+    the fetch position passed `end` and a round that emptied the buffer (fewer records than
+    asked for) returned none of this partition.
+    """
+    if merged_to >= end:
+        return True
+    return drained and tp not in batches and await consumer.position(tp) >= end
+
+
 class StateSync:
     """Keeps the StateStore and the state topic in step: restore, follow, write.
 
@@ -336,6 +361,8 @@ class StateSync:
         self._consumer: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._restoring: dict[int, int] = {}
+        # Per partition: the offset after the last record merged (restore progress).
+        self._merged_to: dict[int, int] = {}
         self._pending_assign: set[int] = set()
         self._restore_started = 0.0
         self.restored = asyncio.Event()
@@ -418,6 +445,8 @@ class StateSync:
         tps = [TopicPartition(self.topic, p) for p in partitions]
         ends = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
+        for p in partitions:
+            self._merged_to.pop(p, None)
         self._restore_started = time.monotonic()
         self._restoring = {tp.partition: ends[tp] for tp in tps if ends[tp] > 0}
         self._pending_assign = set(partitions)
@@ -445,7 +474,13 @@ class StateSync:
         The store then owns every ticket; nothing is taken from the running replicas, which
         merge what this process writes when they read it.
         """
-        consumer = AIOKafkaConsumer(**self._conn, enable_auto_commit=False)
+        # "earliest" although every partition is sought to its beginning: aiokafka resets a
+        # newly assigned partition with the default strategy ("latest") in the background,
+        # and that reset can land after seek_to_beginning() (seen on Apache Kafka 4.4: the
+        # restore then read nothing, and a backfill published everything again).
+        consumer = AIOKafkaConsumer(
+            **self._conn, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
         started = time.monotonic()
         await consumer.start()
         try:
@@ -456,12 +491,17 @@ class StateSync:
                 ends = await consumer.end_offsets(tps)
                 await consumer.seek_to_beginning(*tps)
                 pending = {tp for tp in tps if ends[tp] > 0}
+                merged_to: dict[TopicPartition, int] = {}
                 while pending:
-                    batches = await consumer.getmany(timeout_ms=200, max_records=5000)
-                    for records in batches.values():
+                    batches = await consumer.getmany(timeout_ms=200, max_records=_BATCH)
+                    for tp, records in batches.items():
                         self._merge(records)
+                        merged_to[tp] = records[-1].offset + 1
+                    drained = sum(map(len, batches.values())) < _BATCH
                     for tp in list(pending):
-                        if await consumer.position(tp) >= ends[tp]:
+                        if await _restored_to(
+                            consumer, tp, ends[tp], merged_to.get(tp, 0), drained, batches
+                        ):
                             pending.discard(tp)
             self.store.assign(range(len(tps)))
         finally:
@@ -528,14 +568,12 @@ class StateSync:
             backoff = 0.5
             for tp, records in batches.items():
                 self._merge(records)
-                end = self._restoring.get(tp.partition)
-                if end is not None and await consumer.position(tp) >= end:
-                    del self._restoring[tp.partition]
-                    self._check_restored()
+                self._merged_to[tp.partition] = records[-1].offset + 1
             if self._restoring:
-                # Partitions whose restore ends at offsets of compacted-away records.
+                drained = sum(map(len, batches.values())) < _BATCH
                 for partition, end in list(self._restoring.items()):
                     tp = TopicPartition(self.topic, partition)
-                    if await consumer.position(tp) >= end:
+                    merged = self._merged_to.get(partition, 0)
+                    if await _restored_to(consumer, tp, end, merged, drained, batches):
                         del self._restoring[partition]
                 self._check_restored()
