@@ -7,15 +7,14 @@ Dev tooling only, like bridge.devbroker: it needs a Java runtime and the built j
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Final, Self
 
-from bridge.devbroker import DevBrokerError, free_port
-from bridge.devbroker._local import _ExitedEarlyError, _LocalServer, _port_accepts
+from bridge.devbroker import DevBrokerError
+from bridge.devbroker._local import _LocalServer, _port_accepts, java_executable
 
 # Overrides where the runnable jar is (default: what `make registry` builds in this checkout).
 REGISTRY_JAR_ENV: Final = "APICURIO_REGISTRY_JAR"
@@ -39,14 +38,6 @@ def registry_jar() -> Path:
             f"no Apicurio Registry jar at {jar}: run `make registry` (or set {REGISTRY_JAR_ENV})"
         )
     return jar
-
-
-def _java() -> str:
-    home = os.environ.get("JAVA_HOME")
-    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
-    if java is None or not os.access(java, os.X_OK):
-        raise DevBrokerError("the test registry needs a Java runtime (java on PATH, or JAVA_HOME)")
-    return java
 
 
 class RegistryServer(_LocalServer):
@@ -95,30 +86,8 @@ class RegistryServer(_LocalServer):
         if self.is_running:
             return self
         jar = self._jar or registry_jar()
-        java = _java()
-        # A port picked by free_port() can be taken before the JVM binds it: pick another.
-        retries = 2 if self._port is None else 0
-        if self._port is None:
-            self._port = free_port(self.host)
-        while True:
-            try:
-                self._spawn(java, jar)
-            except _ExitedEarlyError:
-                if retries == 0:
-                    raise
-                retries -= 1
-                self._port = free_port(self.host)
-            else:
-                return self
-
-    def restart(self) -> Self:
-        """Stop, then start on the same port: empty again (storage is in memory)."""
-        self.stop()
-        return self.start()
-
-    def __repr__(self) -> str:
-        state = "running" if self.is_running else "stopped"
-        return f"RegistryServer({self.host}:{self._port}, {state}, log={str(self.log_path)!r})"
+        java = java_executable("the test registry")
+        return self._start_on_a_port(lambda: self._spawn(java, jar))
 
     def _spawn(self, java: str, jar: Path) -> None:
         if _port_accepts(self.host, self.port):

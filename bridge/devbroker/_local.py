@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import tempfile
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -32,6 +33,15 @@ class DevBrokerError(RuntimeError):
 
 class _ExitedEarlyError(DevBrokerError):
     """The process died before answering, typically because it lost the race for its port."""
+
+
+def java_executable(what: str) -> str:
+    """The `java` of $JAVA_HOME, else the one on PATH; `what` names who needs it."""
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if java is None or not os.access(java, os.X_OK):
+        raise DevBrokerError(f"{what} needs a Java runtime (java on PATH, or JAVA_HOME)")
+    return java
 
 
 def free_port(host: str = _LOOPBACK) -> int:
@@ -159,6 +169,11 @@ class _LocalServer:
     def start(self) -> Self:
         raise NotImplementedError
 
+    def restart(self) -> Self:
+        """Stop if running, then start again on the same port."""
+        self.stop()
+        return self.start()
+
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if the process has not exited within `stop_timeout`."""
         _stop_process(self._process, self.stop_timeout)
@@ -176,6 +191,12 @@ class _LocalServer:
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         return _log_tail(self.log_path, lines)
 
+    def __repr__(self) -> str:
+        state = "running" if self.is_running else "stopped"
+        return (
+            f"{type(self).__name__}({self.host}:{self._port}, {state}, log={str(self.log_path)!r})"
+        )
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -186,6 +207,26 @@ class _LocalServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def _start_on_a_port(self, spawn: Callable[[], None]) -> Self:
+        """Run `spawn` (launch and wait until ready) on this server's port.
+
+        A port picked by free_port() can be taken before the process binds it: then another
+        is picked. An explicit port, or the port of a restart, stays as it is.
+        """
+        retries = 2 if self._port is None else 0
+        if self._port is None:
+            self._port = free_port(self.host)
+        while True:
+            try:
+                spawn()
+            except _ExitedEarlyError:
+                if retries == 0:
+                    raise
+                retries -= 1
+                self._port = free_port(self.host)
+            else:
+                return self
 
     def _launch(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         """Spawn `argv` in a session of its own, its output appended to the log."""

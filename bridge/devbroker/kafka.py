@@ -32,6 +32,7 @@ from bridge.devbroker._local import (
     DevBrokerError,
     _LocalServer,
     free_port,
+    java_executable,
     probe_metadata,
 )
 
@@ -71,14 +72,6 @@ def kafka_libs() -> Path:
             f" Maven Central), or point {_LIBS_ENV} at a folder holding them"
         )
     return libs
-
-
-def _java() -> str:
-    home = os.environ.get("JAVA_HOME")
-    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
-    if java is None or not os.access(java, os.X_OK):
-        raise DevBrokerError("Apache Kafka needs a Java runtime (java on PATH, or JAVA_HOME)")
-    return java
 
 
 def _escape(value: str) -> str:
@@ -154,7 +147,7 @@ class KafkaNode(_LocalServer):
     def launch(self) -> None:
         if self.is_running:
             return
-        java = _java()
+        java = java_executable("Apache Kafka")
         classpath = f"{kafka_libs()}/*"
         log_config = _REPO / "devkafka" / "log4j2.properties"
         argv = [
@@ -406,7 +399,7 @@ class KafkaCluster:
     def _format(self) -> None:
         for node in self.nodes:
             node.config_path.write_text(self._properties(node))
-        java, classpath = _java(), f"{kafka_libs()}/*"
+        java, classpath = java_executable("Apache Kafka"), f"{kafka_libs()}/*"
         scram: list[str] = []
         for name, password in self.users.items():
             for mechanism in _SCRAM_MECHANISMS:

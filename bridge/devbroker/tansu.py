@@ -14,10 +14,8 @@ from bridge.devbroker._local import (
     _LOOPBACK,
     _POLL_INTERVAL,
     DevBrokerError,
-    _ExitedEarlyError,
     _LocalServer,
     _port_accepts,
-    free_port,
     probe_metadata,
 )
 
@@ -84,30 +82,7 @@ class TansuBroker(_LocalServer):
         binary = self._binary or resolve_tansu_binary()
         if not os.access(binary, os.X_OK):
             raise DevBrokerError(f"tansu binary {binary!r} is missing or not executable")
-        # A port picked by free_port() can be taken before tansu binds it: pick another.
-        # An explicit port, or the port of a restart, must stay as it is.
-        retries = 2 if self._port is None else 0
-        if self._port is None:
-            self._port = free_port(self.host)
-        while True:
-            try:
-                self._spawn(binary)
-            except _ExitedEarlyError:
-                if retries == 0:
-                    raise
-                retries -= 1
-                self._port = free_port(self.host)
-            else:
-                return self
-
-    def restart(self) -> Self:
-        """Stop if running, then start again on the same port (with empty storage)."""
-        self.stop()
-        return self.start()
-
-    def __repr__(self) -> str:
-        state = "running" if self.is_running else "stopped"
-        return f"TansuBroker({self.host}:{self._port}, {state}, log={str(self.log_path)!r})"
+        return self._start_on_a_port(lambda: self._spawn(binary))
 
     def _spawn(self, binary: str) -> None:
         if _port_accepts(self.host, self.port):
