@@ -290,6 +290,7 @@ class Publisher:
         # one failed: a cluster below min.insync.replicas still answers metadata, so only
         # the publishes themselves show it (readiness reports it, publishing goes on).
         self._failing_since: float | None = None
+        self._ready_once = False
         self._last_failure_at = 0.0
         self._last_failure = ""
 
@@ -413,6 +414,7 @@ class Publisher:
         self._not_ready_reason = reason
         if healthy:
             self._replacing = False
+            self._ready_once = True
             self._ready.set()
         else:
             self._ready.clear()
@@ -634,9 +636,10 @@ class Publisher:
                 log.warning("topic_limits_unknown", error=type(exc).__name__)
         if missing:
             self._set_health(False, f"topics missing: {', '.join(missing)}")
-        elif leaderless := _leaderless(cluster, self.required_topics):
-            # Just created (leaders not elected yet), or their replicas all down: a publish
-            # there would wait for a leader until it times out.
+        elif not self._ready_once and (leaderless := _leaderless(cluster, self.required_topics)):
+            # At start only, when topics were just created and their leaders are not elected
+            # yet. Later a partition without a leader (all its replicas down) does not stop
+            # the others: its publishes time out and readiness reports the stall.
             shown = ", ".join(leaderless[:5]) + (" ..." if len(leaderless) > 5 else "")
             self._set_health(False, f"partitions without a leader: {shown}")
         else:
