@@ -31,7 +31,7 @@ from bridge.config import BridgeSettings, load_settings
 from bridge.poller import PollResult
 from bridge.publisher import TopicNames
 from tests.integration.bridgeproc import _merge
-from tests.integration.readback import Record
+from tests.integration.readback import Record, transient
 
 TOKEN: Final = "poller-test-token-0123456789"
 START_TIMEOUT: Final = 30.0
@@ -298,11 +298,19 @@ def read_to_end(bootstrap: str, topics: Iterable[str], timeout: float = 20.0) ->
     ]
     if not partitions:
         return []
-    latest = admin.list_offsets(
-        {tp: OffsetSpec.latest() for tp in partitions},  # type: ignore[no-untyped-call]
-        request_timeout=timeout,
-    )
-    ends = {(tp.topic, tp.partition): f.result().offset for tp, f in latest.items()}
+    while True:
+        latest = admin.list_offsets(
+            {tp: OffsetSpec.latest() for tp in partitions},  # type: ignore[no-untyped-call]
+            request_timeout=timeout,
+        )
+        try:
+            ends = {(tp.topic, tp.partition): f.result().offset for tp, f in latest.items()}
+            break
+        except KafkaException as exc:
+            # Right after a topic's creation or a restart (NOT_LEADER, UNKNOWN_LEADER_EPOCH).
+            if not transient(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
     wanted = {tp: end for tp, end in ends.items() if end > 0}
     consumer = Consumer(
         {

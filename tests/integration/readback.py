@@ -13,7 +13,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 _BATCH = 500
 _POLL_SECONDS = 0.1
@@ -145,13 +152,38 @@ def _end_offsets(
 ) -> dict[tuple[str, int], int]:
     ends: dict[tuple[str, int], int] = {}
     for topic, partition in partitions:
-        remaining = max(0.1, deadline - time.monotonic())
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=remaining, cached=False
-        )
+        while True:
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=remaining, cached=False
+                )
+                break
+            except KafkaException as exc:
+                # A topic just created, or a leader moving: NOT_LEADER and the like pass.
+                if not transient(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
         if high > low:
             ends[(topic, partition)] = high
     return ends
+
+
+_TRANSIENT_CODES = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_LEADER_EPOCH,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+}
+
+
+def transient(exc: KafkaException) -> bool:
+    """An error that passes once the cluster settles (a new topic, a moved leader)."""
+    error = exc.args[0]
+    return isinstance(error, KafkaError) and (error.retriable() or error.code() in _TRANSIENT_CODES)
 
 
 def _reached(next_offset: dict[tuple[str, int], int], ends: dict[tuple[str, int], int]) -> bool:
