@@ -32,6 +32,7 @@ from multidict import CIMultiDict
 from bridge.auth import sign
 from bridge.catalog import EVENTS, INT32_MAX, INT64_MAX
 from bridge.codec import Codec
+from bridge.config import BridgeSettings
 from bridge.publisher import TopicNames
 from tests.integration.bridgeproc import (
     HMAC_HEADER,
@@ -558,12 +559,11 @@ def _report(bad: list[str], what: str) -> str:
     return f"{len(bad)} {what} (FUZZ_SEED={SEED}, FUZZ_EXAMPLES={EXAMPLES}):\n  {shown}"
 
 
-async def test_fuzzed_requests_are_each_classified_and_what_kafka_holds_matches(
-    kafka_bootstrap: str, topic_prefix: str
-) -> None:
-    settings = bridge_settings(
-        kafka_bootstrap,
-        topic_prefix,
+def fuzz_settings(bootstrap: str, prefix: str) -> BridgeSettings:
+    """A bridge with every authentication method on, as the generator's requests expect."""
+    return bridge_settings(
+        bootstrap,
+        prefix,
         ingress={"max_body_bytes": MAX_BODY},
         auth={
             "token": TOKEN,
@@ -575,6 +575,12 @@ async def test_fuzzed_requests_are_each_classified_and_what_kafka_holds_matches(
             "basic_password": BASIC_PASSWORD,
         },
     )
+
+
+async def test_fuzzed_requests_are_each_classified_and_what_kafka_holds_matches(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    settings = fuzz_settings(kafka_bootstrap, topic_prefix)
     generator = Generator(SEED)
     started = time.monotonic()
     async with running_bridge(settings) as bridge:

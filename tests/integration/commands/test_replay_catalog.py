@@ -27,23 +27,16 @@ import pytest
 
 import bridge
 from bridge.publisher import TopicNames
-from tests.integration.bridgeproc import bridge_settings, running_bridge
+from tests.integration.bridgeproc import running_bridge
 from tests.integration.commands.clikit import Ran, command_env, run_cli
 from tests.integration.commands.test_replay import by_event_id, summary_of
 from tests.integration.pollerkit import read_to_end
 from tests.integration.test_fuzz import (
-    BASIC_PASSWORD,
-    BASIC_USER,
     CONCURRENCY,
-    HMAC_PREFIX,
-    HMAC_SECRET,
-    MAX_BODY,
     SEED,
-    TIMESTAMP_HEADER,
-    TOKEN,
-    TOLERANCE,
     Generator,
     Outcome,
+    fuzz_settings,
     send_all,
 )
 
@@ -105,20 +98,7 @@ for line in sys.stdin:
 
 
 async def fuzz(kafka_bootstrap: str, prefix: str) -> list[Outcome]:
-    settings = bridge_settings(
-        kafka_bootstrap,
-        prefix,
-        ingress={"max_body_bytes": MAX_BODY},
-        auth={
-            "token": TOKEN,
-            "hmac_secret": HMAC_SECRET,
-            "hmac_prefix": HMAC_PREFIX,
-            "timestamp_header": TIMESTAMP_HEADER,
-            "timestamp_tolerance_seconds": TOLERANCE,
-            "basic_username": BASIC_USER,
-            "basic_password": BASIC_PASSWORD,
-        },
-    )
+    settings = fuzz_settings(kafka_bootstrap, prefix)
     generator = Generator(SEED)
     async with running_bridge(settings) as running:
         connector = aiohttp.TCPConnector(limit=CONCURRENCY)
