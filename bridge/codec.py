@@ -15,15 +15,20 @@ from io import BytesIO
 from typing import Any, Final
 
 import orjson
+from apizee_session_events.framing import (
+    CONFLUENT_MAGIC,
+    SINGLE_OBJECT_MAGIC,
+    confluent_header,
+    schema_fingerprint,
+    single_object_header,
+)
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from bridge.catalog import ATTRIBUTES, EVENTS
 from bridge.errors import CodecError, UnknownSchemaError
 from bridge.models import CanonicalEvent, JsonFloat, Source
-from bridge.schemas import SHARED_TYPES, Schema, all_event_schemas, schema_fingerprint
+from bridge.schemas import SHARED_TYPES, Schema, all_event_schemas
 
-SINGLE_OBJECT_MAGIC: Final = b"\xc3\x01"
-CONFLUENT_MAGIC: Final = b"\x00"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLI: Final = timedelta(milliseconds=1)
 
@@ -58,8 +63,8 @@ class WriterSchema:
     @property
     def header(self) -> bytes:
         if self.schema_id is None:
-            return SINGLE_OBJECT_MAGIC + self.fingerprint
-        return CONFLUENT_MAGIC + self.schema_id.to_bytes(4, "big")
+            return single_object_header(self.fingerprint)
+        return confluent_header(self.schema_id)
 
 
 # orjson writes integers within these bounds itself; others are written as their digits.
@@ -224,7 +229,7 @@ class Codec:
 
 def event_from_fields(fields: Mapping[str, Any]) -> CanonicalEvent:
     """The canonical event of a decoded record's fields (`Codec.decode_record`, or
-    `bridge.consumer.Decoder` for either framing)."""
+    `apizee_session_events.Decoder` for either framing)."""
     record = dict(fields)
     extra = record.pop("extra", None)
     return CanonicalEvent(

@@ -1011,3 +1011,10 @@ def env_var_docs() -> list[tuple[str, str, str]]:
             for name, field in model.model_fields.items()
         )
     return rows
+
+
+def env_table() -> str:
+    """env_var_docs() as a Markdown table (`apizee-bridge config --env-docs`, the docs)."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    rows += [f"| `{name}` | `{default}` | {doc} |" for name, default, doc in env_var_docs()]
+    return "\n".join(rows)

@@ -13,18 +13,21 @@ production, for the three calls made here, and a second HTTP stack beside aiohtt
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
-import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
 import aiohttp
 import structlog
+from apizee_session_events.registry import (
+    CONTENT_TYPE,
+    basic_auth_header,
+    error_message,
+    ssl_context,
+)
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from bridge import metrics
@@ -34,9 +37,6 @@ from bridge.errors import SchemaRegistryError, SchemaRegistryUnavailableError, S
 log = structlog.get_logger(__name__)
 
 # The Confluent REST API's own media type; Confluent, Karapace and Apicurio accept it.
-CONTENT_TYPE: Final = "application/vnd.schemaregistry.v1+json"
-# Registry messages are quoted in logs and /readyz: bounded.
-_MESSAGE_MAX_CHARS: Final = 500
 _CONCURRENCY: Final = 8
 _FIRST_RETRY_SECONDS: Final = 0.5
 
@@ -46,16 +46,6 @@ SubjectStrategy = Literal["topic_record", "record"]
 def subject_name(strategy: SubjectStrategy, topic: str, record_full_name: str) -> str:
     """TopicRecordNameStrategy (`{topic}-{record}`) or RecordNameStrategy (`{record}`)."""
     return f"{topic}-{record_full_name}" if strategy == "topic_record" else record_full_name
-
-
-def ssl_context(ca_file: Path | None) -> ssl.SSLContext | None:
-    """Verification against `ca_file` when given; None lets the client use the system CAs."""
-    return None if ca_file is None else ssl.create_default_context(cafile=str(ca_file))
-
-
-def basic_auth_header(username: str, password: str) -> str:
-    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
-    return f"Basic {token}"
 
 
 def outcome_of(status: int) -> str:
@@ -71,19 +61,6 @@ def outcome_of(status: int) -> str:
     if status == 404:
         return "not_found"
     return "server_error" if status >= 500 else "client_error"
-
-
-def error_message(body: bytes) -> str:
-    """The registry's `message` from a Confluent error body, else the body's start."""
-    text = body.decode("utf-8", errors="replace")
-    with contextlib.suppress(ValueError):
-        parsed = json.loads(text)
-        if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
-            text = parsed["message"]
-    text = " ".join(text.split())
-    if len(text) > _MESSAGE_MAX_CHARS:
-        text = text[: _MESSAGE_MAX_CHARS - 3] + "..."
-    return text or "(empty answer)"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Final
 
-from fastavro import parse_schema
-from fastavro.schema import fingerprint, to_parsing_canonical_form
+from apizee_session_events.framing import schema_fingerprint
 
 from bridge.catalog import (
     ATTRIBUTES,
@@ -210,12 +209,6 @@ def all_event_schemas() -> dict[str, Schema]:
     schemas = {t: event_schema(spec) for t, spec in EVENTS.items()}
     schemas[""] = unknown_schema()
     return schemas
-
-
-def schema_fingerprint(schema: Schema) -> bytes:
-    """CRC-64-AVRO of the Parsing Canonical Form, in single-object header byte order."""
-    canonical = to_parsing_canonical_form(parse_schema(schema))
-    return bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
 
 
 def render(schema: Schema) -> str:

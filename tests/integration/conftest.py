@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.devbroker import KafkaCluster, TansuBroker
-from bridge.devregistry import RegistryServer
+from bridge.devtools.devbroker import KafkaCluster, TansuBroker
+from bridge.devtools.devregistry import RegistryServer
 
 # Every broker or cluster a test started, so a failure report can show its log tail.
 _LOGGED = pytest.StashKey[list[KafkaCluster | TansuBroker]]()

@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from bridge.devbroker import (
+from bridge.devtools.devbroker import (
     DevBrokerError,
     KafkaCluster,
     TansuBroker,

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from bridge.devbroker import KafkaCluster
+from bridge.devtools.devbroker import KafkaCluster
+from bridge.devtools.simulator import Simulator
 from bridge.publisher import TopicNames
-from bridge.simulator import Simulator
 from tests.integration import kafkakit
 from tests.integration.bridgeproc import bridge_settings, running_bridge, webhook
 from tests.integration.conftest import forget, remember

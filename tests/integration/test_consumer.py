@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bridge.devregistry import RegistryServer
+from bridge.devtools.devregistry import RegistryServer
 from tests.integration.bridgeproc import bridge_settings, running_bridge
 from tests.integration.registrykit import seed_webhooks
 from tests.unit.conftest import REPO

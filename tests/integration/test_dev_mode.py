@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bridge.devbroker import free_port
+from bridge.devtools.devbroker import free_port
 
 pytestmark = pytest.mark.integration
 

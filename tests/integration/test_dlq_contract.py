@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from bridge.simulator import ApizeeRestServer, SimEvent
+from bridge.devtools.simulator import ApizeeRestServer, SimEvent
 from tests.integration.bridgeproc import webhook
 from tests.integration.pollerkit import (
     TOKEN,

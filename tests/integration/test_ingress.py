@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 from bridge.catalog import EVENTS
 from bridge.codec import SINGLE_OBJECT_MAGIC, Codec
 from bridge.config import KafkaSettings
-from bridge.devbroker import KafkaCluster, free_port
+from bridge.devtools.devbroker import KafkaCluster, free_port
 from bridge.models import ENVELOPE_EXTRA_KEY, CanonicalEvent, Source
 from bridge.publisher import TopicNames
 from tests.integration.bridgeproc import (

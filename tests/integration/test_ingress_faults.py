@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from bridge.devbroker import KafkaCluster, free_port
+from bridge.devtools.devbroker import KafkaCluster, free_port
 from bridge.publisher import TopicNames
 from tests.integration.bridgeproc import (
     START_TIMEOUT,

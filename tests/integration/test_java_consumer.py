@@ -17,7 +17,7 @@ import pytest
 
 from bridge.codec import Codec
 from bridge.config import BridgeSettings
-from bridge.devregistry import RegistryServer
+from bridge.devtools.devregistry import RegistryServer
 from tests.integration.bridgeproc import bridge_settings, running_bridge
 from tests.integration.readback import consume_async
 from tests.integration.registrykit import preregister

@@ -29,7 +29,7 @@ from prometheus_client import REGISTRY, generate_latest
 
 from bridge.codec import Codec
 from bridge.config import KafkaSettings, load_settings
-from bridge.devbroker import KafkaCluster, KafkaTls
+from bridge.devtools.devbroker import KafkaCluster, KafkaTls
 from bridge.errors import KafkaUnavailableError
 from bridge.models import CanonicalEvent, from_webhook, parse_webhook
 from bridge.publisher import Publisher, TopicNames

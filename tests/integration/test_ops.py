@@ -31,7 +31,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from bridge import metrics
-from bridge.devbroker import free_port
+from bridge.devtools.devbroker import free_port
 from tests.helmchart import DASHBOARD, JOB, NAMESPACE, alert_groups
 
 pytestmark = pytest.mark.integration

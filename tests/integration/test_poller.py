@@ -22,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.apizee import CircuitState
 from bridge.config import BridgeSettings
-from bridge.devbroker import free_port
-from bridge.simulator import (
+from bridge.devtools.devbroker import free_port
+from bridge.devtools.simulator import (
     Outcome,
     RestFaults,
     SendReport,

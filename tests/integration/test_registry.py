@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from apizee_session_events import Decoder, event_topics
 
 from bridge.codec import CONFLUENT_MAGIC, Codec
 from bridge.config import load_settings
-from bridge.consumer import Decoder, event_topics
-from bridge.devbroker import free_port
-from bridge.devregistry import CCOMPAT_PATH, RegistryServer
+from bridge.devtools.devbroker import free_port
+from bridge.devtools.devregistry import CCOMPAT_PATH, RegistryServer
 from bridge.errors import SchemaRejectedError, UnknownSchemaError
 from bridge.registry import RegistryClient
 from tests.integration.bridgeproc import (

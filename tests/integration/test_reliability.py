@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bridge.devbroker import KafkaCluster
+from bridge.devtools.devbroker import KafkaCluster
 from tests.reliability import scenarios
 from tests.reliability.scenarios import CI, Row
 

@@ -26,7 +26,7 @@ import pytest
 
 from bridge.auth import sign
 from bridge.config import REDACTED
-from bridge.simulator import Simulator
+from bridge.devtools.simulator import Simulator
 from tests.integration.bridgeproc import (
     HMAC_HEADER,
     START_TIMEOUT,

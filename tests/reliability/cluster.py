@@ -29,7 +29,7 @@ from typing import Any, Final
 import aiohttp
 
 from bridge.catalog import EVENTS
-from bridge.devbroker import KafkaCluster
+from bridge.devtools.devbroker import KafkaCluster
 from bridge.publisher import TopicNames
 from tests.integration import kafkakit
 from tests.integration.bridgeproc import (

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bridge.devbroker import KafkaCluster
+from bridge.devtools.devbroker import KafkaCluster
 from tests.reliability import cluster
 from tests.reliability.scenarios import (
     CI,

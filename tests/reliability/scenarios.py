@@ -26,8 +26,8 @@ from typing import Final
 
 import aiohttp
 
-from bridge.devbroker import KafkaCluster, free_port
-from bridge.simulator import (
+from bridge.devtools.devbroker import KafkaCluster, free_port
+from bridge.devtools.simulator import (
     FaultWindow,
     RestFaults,
     SendReport,

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from bridge.apizee import ApizeeClient, TicketEvents, parse_events_body
 from bridge.catalog import EVENTS, INT64_MAX
 from bridge.config import ApizeeSettings
+from bridge.devtools.simulator import INJECTED_ID_BASE, MALFORMED_MODES, RestFaults, Simulator
 from bridge.errors import ApizeeError, ApizeeUnavailableError
-from bridge.simulator import INJECTED_ID_BASE, MALFORMED_MODES, RestFaults, Simulator
 from tests.unit.strategies import json_values, rest_items
 
 # --- Generated bodies -----------------------------------------------------------------------

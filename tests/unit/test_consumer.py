@@ -1,5 +1,6 @@
-"""The consumer API: both framings, released schemas resolved to the current shape, and errors
-that name what is missing."""
+"""The consumers' package against the bridge's own codec: what the bridge writes, the package
+reads (both framings, released schemas resolved to the current shape, errors that name what is
+missing). The package's own tests (consumers/python/tests) use the committed vectors alone."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from apizee_session_events import DecodeError, Decoder, UnknownSchemaError, event_topics
+from apizee_session_events.framing import SINGLE_OBJECT_MAGIC, schema_fingerprint
 from fastavro import parse_schema, schemaless_writer
 
 from bridge.catalog import EVENTS
-from bridge.codec import SINGLE_OBJECT_MAGIC, Codec
-from bridge.consumer import DEFAULT_RELEASED_DIR, Decoder, event_topics
-from bridge.errors import CodecError, UnknownSchemaError
+from bridge.codec import Codec
 from bridge.models import CanonicalEvent, Source
-from bridge.schemas import all_event_schemas, schema_fingerprint
+from bridge.schemas import all_event_schemas
+from tests.unit.conftest import REPO
 
 CODEC = Codec()
 
@@ -39,7 +41,7 @@ def _event(event_type: str, attributes: dict[str, Any] | None = None) -> Canonic
 @pytest.mark.parametrize("event_type", [*EVENTS, "session.teleported"])
 def test_single_object_records_decode_as_the_codec_reads_them(event_type: str) -> None:
     value = CODEC.encode(_event(event_type))
-    record = Decoder(released_dirs=[]).decode(value)
+    record = Decoder(released_dirs=[]).decode_record(value)
     assert record.framing == "single-object"
     assert record.event_type == event_type
     assert record.writer == value[2:10].hex()
@@ -78,15 +80,16 @@ def test_released_schemas_are_known_and_read_into_the_current_shape(tmp_path: Pa
         Decoder(released_dirs=[]).decode(value)
     decoder = Decoder(released_dirs=[tmp_path])
     assert fingerprint.hex() in decoder.fingerprints
-    record = decoder.decode(value)
+    record = decoder.decode_record(value)
     assert record.writer == fingerprint.hex()
     assert record.fields["agent"] is None  # the current schema's default
     assert record.fields["source"] == "POLLER"
 
 
 def test_the_repository_released_sets_are_loaded_by_default() -> None:
-    assert DEFAULT_RELEASED_DIR.is_dir()
-    released = json.loads((DEFAULT_RELEASED_DIR / "v1" / "fingerprints.json").read_text())
+    released_dir = REPO / "schemas" / "released"
+    assert released_dir.is_dir()
+    released = json.loads((released_dir / "v1" / "fingerprints.json").read_text())
     assert set(released) <= Decoder().fingerprints
 
 
@@ -96,10 +99,10 @@ def test_unknown_and_unframed_records_say_what_is_missing() -> None:
         decoder.decode(SINGLE_OBJECT_MAGIC + bytes.fromhex("0011223344556677") + b"\x00")
     with pytest.raises(UnknownSchemaError, match=r"registry id 77.*no registry_url"):
         decoder.decode(b"\x00" + (77).to_bytes(4, "big") + b"\x00")
-    with pytest.raises(CodecError, match="not a single-object or Confluent"):
+    with pytest.raises(DecodeError, match="not a single-object or Confluent"):
         decoder.decode(b'{"not": "avro"}')
     truncated = CODEC.encode(_event("ticket.new"))[:14]
-    with pytest.raises(CodecError, match=r"corrupt com\.apizee\.sessionevents\.TicketNew"):
+    with pytest.raises(DecodeError, match=r"corrupt com\.apizee\.sessionevents\.TicketNew"):
         decoder.decode(truncated)
 
 
@@ -110,3 +113,4 @@ def test_event_topics_are_the_avro_topics() -> None:
     assert "p.dlq" not in topics
     assert "p.bridge-state" not in topics
     assert len(topics) == len({e.category for e in EVENTS.values()}) + 1
+    assert set(topics) == {f"p.{e.category}" for e in EVENTS.values()} | {"p.unknown"}

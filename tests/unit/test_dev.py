@@ -1,6 +1,6 @@
-"""Dev mode's decisions (bridge/dev.py) without starting anything: whether the simulated Apizee
-runs and how the bridge is pointed at it, how its webhooks authenticate, and the console line
-that tells a gap filled by the poller from a webhook.
+"""Dev mode's decisions (bridge/devtools/dev.py) without starting anything: whether the
+simulated Apizee runs and how the bridge is pointed at it, how its webhooks authenticate, and
+the console line that tells a gap filled by the poller from a webhook.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from bridge.apizee import parse_events_body
 from bridge.codec import Codec
 from bridge.config import KafkaSettings, load_settings
-from bridge.dev import (
+from bridge.devtools.dev import (
     DEV_POLLER,
     SEED_EVENT,
     SEED_WEBHOOK,
@@ -27,8 +27,8 @@ from bridge.dev import (
     _webhook_config,
     simulator_wanted,
 )
+from bridge.devtools.simulator import REST_PATH, SimulatorConfig
 from bridge.models import Source, from_webhook, parse_webhook
-from bridge.simulator import REST_PATH, SimulatorConfig
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import re
 from prometheus_client import REGISTRY
 
 from bridge import metrics
-from bridge.docs import render
+from bridge.devtools.docs import render
 from tests.unit.conftest import REPO
 
 README = (REPO / "README.md").read_text(encoding="utf-8")

@@ -11,7 +11,7 @@ import pytest
 
 from bridge import metrics
 from bridge.config import load_settings
-from bridge.devbroker import free_port
+from bridge.devtools.devbroker import free_port
 from bridge.registry import (
     SchemaRegistration,
     SchemaToRegister,

@@ -1,4 +1,4 @@
-"""Replay's judgement of parked records (bridge/replay.py), without a broker: what passes
+"""Replay's judgement of parked records (bridge/commands/replay.py), without a broker: what passes
 today, what still fails and why, the selection, the summary."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from bridge import dlq
 from bridge.codec import Codec, json_text
+from bridge.commands.replay import Judge, Selection, Summary, parse_time
 from bridge.errors import CodecError
 from bridge.models import CanonicalEvent, Source, from_rest, from_webhook, parse_rest_item
 from bridge.models import parse_webhook as parse
-from bridge.replay import Judge, Selection, Summary, parse_time
 from tests.unit.strategies import rest_items, webhook_bodies
 
 CODEC = Codec()

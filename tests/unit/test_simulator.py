@@ -22,9 +22,7 @@ from bridge.auth import Authenticator, AuthError
 from bridge.catalog import EVENTS, TERMINAL_EVENT_TYPES
 from bridge.cli import build_parser
 from bridge.config import AuthSettings
-from bridge.errors import InvalidEventError
-from bridge.models import from_rest, from_webhook, parse_rest_item, parse_webhook
-from bridge.simulator import (
+from bridge.devtools.simulator import (
     COVERAGE_MIN_TICKETS,
     EVENT_CODES,
     INJECTED_ID_BASE,
@@ -42,6 +40,8 @@ from bridge.simulator import (
     parse_window,
     run_simulation,
 )
+from bridge.errors import InvalidEventError
+from bridge.models import from_rest, from_webhook, parse_rest_item, parse_webhook
 
 START = 1_741_621_530.0
 TOKEN = "rest-token-0123456789"

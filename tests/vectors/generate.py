@@ -21,6 +21,7 @@ from typing import Any, Final
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from bridge.codec import SINGLE_OBJECT_MAGIC, Codec
+from bridge.devtools.simulator import EVENT_CODES
 from bridge.models import (
     CanonicalEvent,
     from_rest,
@@ -29,7 +30,6 @@ from bridge.models import (
     parse_webhook,
 )
 from bridge.schemas import schema_fingerprint, schema_path
-from bridge.simulator import EVENT_CODES
 
 HERE: Final = Path(__file__).resolve().parent
 REPO: Final = HERE.parent.parent

@@ -19,7 +19,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from bridge.devbroker import KafkaCluster
+from bridge.devtools.devbroker import KafkaCluster
 from bridge.publisher import TopicNames
 from tests.integration.bridgeproc import bridge_command, process_env
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridge.devbroker import KafkaCluster
+from bridge.devtools.devbroker import KafkaCluster
 from tests.integration.commands.clikit import Secured
 from tests.integration.conftest import forget, remember
 

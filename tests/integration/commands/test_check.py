@@ -9,9 +9,9 @@ import re
 import pytest
 from confluent_kafka.admin import AclOperation, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from bridge.devbroker import free_port
+from bridge.devtools.devbroker import free_port
+from bridge.devtools.simulator import ApizeeRestServer
 from bridge.publisher import TopicNames
-from bridge.simulator import ApizeeRestServer
 from tests.integration.commands.clikit import Secured, command_env, run_cli
 from tests.integration.pollerkit import capture_tracking, poller_settings, replica
 

@@ -5,9 +5,9 @@ the framing the bridge writes."""
 from __future__ import annotations
 
 import pytest
+from apizee_session_events import Decoder
 
-from bridge.consumer import Decoder
-from bridge.devregistry import CCOMPAT_PATH, RegistryServer
+from bridge.devtools.devregistry import CCOMPAT_PATH, RegistryServer
 from tests.integration.bridgeproc import bridge_settings, running_bridge, webhook
 from tests.integration.commands.clikit import command_env, run_cli
 from tests.integration.commands.test_replay import park, summary_of, webhook_letter

@@ -24,9 +24,9 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AclOperation
 
 from bridge import dlq
-from bridge.devbroker import KafkaCluster, free_port
+from bridge.devtools.devbroker import KafkaCluster, free_port
+from bridge.devtools.simulator import ApizeeRestServer
 from bridge.publisher import TopicNames
-from bridge.simulator import ApizeeRestServer
 from tests.integration.bridgeproc import bridge_settings, running_bridge, webhook
 from tests.integration.commands.clikit import (
     Ran,

@@ -15,7 +15,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AclOperation
 
 from bridge.codec import Codec
-from bridge.devbroker import KafkaCluster, free_port
+from bridge.devtools.devbroker import KafkaCluster, free_port
 from bridge.models import CanonicalEvent, Source
 from tests.integration.bridgeproc import (
     InProcessBridge,

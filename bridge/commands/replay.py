@@ -39,16 +39,16 @@ from aiokafka.structs import OffsetAndMetadata
 
 from bridge.app import schema_registration
 from bridge.catalog import EVENTS
-from bridge.cluster import (
+from bridge.codec import Codec, json_text
+from bridge.commands.cluster import (
     AclOperation,
     ClusterClient,
     ClusterError,
     principal,
     quiet_client_logs,
 )
-from bridge.codec import Codec, json_text
+from bridge.commands.console import EventDecoder, event_decoder
 from bridge.config import BridgeSettings, env_name
-from bridge.console import EventDecoder, event_decoder
 from bridge.dlq import DeadLetter, ticket_in_body
 from bridge.errors import (
     BridgeError,

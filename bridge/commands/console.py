@@ -26,12 +26,12 @@ from aiokafka.errors import (
     KafkaError,
     TopicAuthorizationFailedError,
 )
+from apizee_session_events import DecodeError, Decoder
 
 from bridge.codec import Codec, event_from_fields
 from bridge.config import KafkaSettings, SchemaSettings
-from bridge.consumer import Decoder
 from bridge.dlq import DeadLetter, ticket_in_body
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, CodecError
 from bridge.models import CanonicalEvent, Source
 from bridge.publisher import DLQ_SUFFIX, TopicNames, connection_kwargs
 
@@ -71,7 +71,15 @@ def event_decoder(schema: SchemaSettings) -> EventDecoder:
         ca_file=schema.registry_ca_file,
         timeout_seconds=schema.registry_timeout_seconds,
     )
-    return lambda value: event_from_fields(decoder.decode(value).fields)
+
+    def decode(value: bytes) -> CanonicalEvent:
+        try:
+            fields = decoder.decode(value)
+        except DecodeError as exc:
+            raise CodecError(str(exc)) from None
+        return event_from_fields(fields)
+
+    return decode
 
 
 class ReadDeniedError(BridgeError):

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from bridge.devbroker._local import (
+from bridge.devtools.devbroker._local import (
     _LOOPBACK,
     _POLL_INTERVAL,
     DevBrokerError,

@@ -1,7 +1,7 @@
 """`apizee-bridge tail`: the bridge's topics, decoded, as records land (or from the beginning),
 filtered by ticket, event type, source or topic, as text lines or JSON objects.
 
-The console consumer of `make run` does the reading and the formatting (bridge/console.py);
+The console consumer of `make run` does the reading and the formatting (bridge/commands/console.py);
 no consumer group is joined, nothing is committed, no other reader is disturbed.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from bridge.catalog import CATEGORIES, UNKNOWN_CATEGORY
-from bridge.cluster import (
+from bridge.commands.cluster import (
     AclOperation,
     ClusterClient,
     ClusterError,
@@ -24,8 +24,8 @@ from bridge.cluster import (
     principal,
     quiet_client_logs,
 )
+from bridge.commands.console import ConsoleConsumer, Decoded, EventDecoder, ReadDeniedError
 from bridge.config import KafkaSettings
-from bridge.console import ConsoleConsumer, Decoded, EventDecoder, ReadDeniedError
 from bridge.errors import BridgeError
 from bridge.publisher import DLQ_SUFFIX, TopicNames
 

@@ -30,6 +30,7 @@ from aiohttp import ClientError, ClientSession, ClientTimeout
 
 from bridge.app import Listening, serve
 from bridge.auth import sign
+from bridge.commands.console import ConsoleConsumer
 from bridge.config import (
     AdminSettings,
     BridgeSettings,
@@ -39,12 +40,11 @@ from bridge.config import (
     env_name,
     load_settings,
 )
-from bridge.console import ConsoleConsumer
-from bridge.devbroker import DevBrokerError, TansuBroker
+from bridge.devtools.devbroker import DevBrokerError, TansuBroker
+from bridge.devtools.simulator import REST_PATH, SimEvent, Simulator, SimulatorConfig, WebhookConfig
 from bridge.errors import BridgeError
 from bridge.logs import configure_logging
 from bridge.publisher import TopicNames
-from bridge.simulator import REST_PATH, SimEvent, Simulator, SimulatorConfig, WebhookConfig
 
 log = structlog.get_logger(__name__)
 

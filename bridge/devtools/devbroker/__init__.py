@@ -4,9 +4,14 @@
 that `make kafka` resolves; `TansuBroker` runs tansu, the one-second broker of `make run`.
 """
 
-from bridge.devbroker._local import DevBrokerError, create_topics, free_port, probe_metadata
-from bridge.devbroker.kafka import KafkaCluster, KafkaNode, KafkaTls
-from bridge.devbroker.tansu import TansuBroker, resolve_tansu_binary
+from bridge.devtools.devbroker._local import (
+    DevBrokerError,
+    create_topics,
+    free_port,
+    probe_metadata,
+)
+from bridge.devtools.devbroker.kafka import KafkaCluster, KafkaNode, KafkaTls
+from bridge.devtools.devbroker.tansu import TansuBroker, resolve_tansu_binary
 
 __all__ = [
     "DevBrokerError",

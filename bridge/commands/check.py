@@ -17,10 +17,17 @@ from typing import Final
 
 import aiohttp
 from aiokafka.errors import KafkaError
+from apizee_session_events.registry import (
+    CONTENT_TYPE,
+    basic_auth_header,
+    error_message,
+    ssl_context,
+)
 
 from bridge.apizee import ApizeeClient
 from bridge.catalog import EVENTS
-from bridge.cluster import (
+from bridge.codec import Codec
+from bridge.commands.cluster import (
     AclOperation,
     ClusterClient,
     ClusterError,
@@ -29,8 +36,7 @@ from bridge.cluster import (
     principal,
     quiet_client_logs,
 )
-from bridge.cluster import probe_broker as _probe_broker
-from bridge.codec import Codec
+from bridge.commands.cluster import probe_broker as _probe_broker
 from bridge.config import BridgeSettings, env_name
 from bridge.errors import (
     ApizeeAuthError,
@@ -39,13 +45,7 @@ from bridge.errors import (
     ApizeeUnavailableError,
 )
 from bridge.publisher import TopicNames
-from bridge.registry import (
-    CONTENT_TYPE,
-    basic_auth_header,
-    error_message,
-    ssl_context,
-    subject_name,
-)
+from bridge.registry import subject_name
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1

@@ -1,7 +1,7 @@
 """A throwaway Schema Registry for the tests: Apicurio Registry (built by `make registry` from
 devregistry/), H2 in memory, on a loopback port; its Confluent-compatible API is `url`.
 
-Dev tooling only, like bridge.devbroker: it needs a Java runtime and the built jar.
+Dev tooling only, like bridge.devtools.devbroker: it needs a Java runtime and the built jar.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Final, Self
 
-from bridge.devbroker import DevBrokerError
-from bridge.devbroker._local import _LocalServer, _port_accepts, java_executable
+from bridge.devtools.devbroker import DevBrokerError
+from bridge.devtools.devbroker._local import _LocalServer, _port_accepts, java_executable
 
 # Overrides where the runnable jar is (default: what `make registry` builds in this checkout).
 REGISTRY_JAR_ENV: Final = "APICURIO_REGISTRY_JAR"

@@ -1,6 +1,6 @@
 """Generated README blocks (config variables, event catalog), so docs cannot drift from code.
 
-`python -m bridge.docs README.md` rewrites the blocks between their markers; a unit test
+`python -m bridge.devtools.docs README.md` rewrites the blocks between their markers; a unit test
 fails when the committed README differs from what this module renders.
 """
 
@@ -12,14 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bridge.catalog import markdown_table
-from bridge.config import env_var_docs
-
-
-def env_table() -> str:
-    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
-    rows += [f"| `{name}` | `{default}` | {doc} |" for name, default, doc in env_var_docs()]
-    return "\n".join(rows)
-
+from bridge.config import env_table
 
 BLOCKS: dict[str, Callable[[], str]] = {"config": env_table, "catalog": markdown_table}
 

@@ -10,7 +10,7 @@ import struct
 import time
 from typing import Self
 
-from bridge.devbroker._local import (
+from bridge.devtools.devbroker._local import (
     _LOOPBACK,
     _POLL_INTERVAL,
     DevBrokerError,

@@ -1,0 +1,27 @@
+"""Decode the Apizee session events that apizee-kafka-bridge writes to Kafka.
+
+    from apizee_session_events import Decoder
+    fields = Decoder().decode(record_value)
+
+`apizee_session_events.kafka` (extra `[kafka]`, confluent-kafka) reads the bridge's topics.
+"""
+
+from __future__ import annotations
+
+from apizee_session_events.decoder import DecodedRecord, Decoder
+from apizee_session_events.errors import DecodeError, RegistryUnavailableError, UnknownSchemaError
+from apizee_session_events.schemas import categories, event_topics, event_types
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DecodeError",
+    "DecodedRecord",
+    "Decoder",
+    "RegistryUnavailableError",
+    "UnknownSchemaError",
+    "__version__",
+    "categories",
+    "event_topics",
+    "event_types",
+]
