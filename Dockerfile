@@ -22,8 +22,10 @@ COPY consumers/python consumers/python
 COPY bridge/__init__.py bridge/__init__.py
 RUN /opt/venv/bin/pip install --no-cache-dir -c constraints.txt ./consumers/python .
 COPY bridge bridge
+# The installers leave: the running service never installs anything (and less to patch).
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --force-reinstall -c constraints.txt . \
     && /opt/venv/bin/apizee-bridge --version \
+    && /opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 
 FROM ${PYTHON_IMAGE}

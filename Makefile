@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-test kafka registry lint format test test-unit test-integration ops-tools consumer-kit run bench reliability schemas vectors docs clean
+.PHONY: install install-test kafka registry lint format test test-unit test-integration ops-tools consumer-kit image image-test release run bench reliability schemas vectors docs clean
 
 install: $(STAMP)
 
@@ -98,6 +98,23 @@ consumer-kit:
 	else \
 	  cd $(KIT) && $(MVN) verify && touch target/.resolved; \
 	fi
+
+# The container image (docs/shipping.md): buildah from Debian's packages (installed with apt-get
+# when missing and root), on the Dockerfile's base when it can be pulled, else on a Debian base
+# made with debootstrap and cached in /var/cache/apizee-bridge (IMAGE_BASE=debian forces it,
+# IMAGE_BASE=<ref> names another base, REFRESH_BASE=1 remakes it with Debian's latest updates).
+# Saves dist/apizee-kafka-bridge-<version>.oci.tar and prints the image's size and layers.
+IMAGE_BASE ?= auto
+IMAGE_FLAGS = --base $(IMAGE_BASE) $(if $(REFRESH_BASE),--refresh-base)
+image: install
+	$(BIN)/python -m bridge.devtools.release image $(IMAGE_FLAGS)
+
+# The image run as the chart runs it (tests/integration/test_image.py, marker `image`, left out
+# of `make test`): uid 10001, read-only root, no capabilities, host network, against the tests'
+# Apache Kafka. Where this machine cannot build or run containers, the test skips and says why.
+image-test: install-test kafka
+	$(BIN)/python -m bridge.devtools.release image $(IMAGE_FLAGS) --unavailable-ok
+	$(BIN)/python -m pytest -q -rs -m image tests/integration/test_image.py
 
 # The fault scenarios of tests/reliability/scenarios.py at full size (several minutes, its own
 # tansu brokers); prints the table. CI runs them reduced: tests/integration/test_reliability.py.

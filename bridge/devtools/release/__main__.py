@@ -3,12 +3,57 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from bridge.devtools.release import version
+from bridge.devtools.release import image, version
 
 REPO = Path(__file__).resolve().parents[3]
+# What the last `image` command left for the image-run test (tests/integration/test_image.py).
+IMAGE_RECORD = REPO / "build" / "image.json"
+IMAGE_UNAVAILABLE = REPO / "build" / "image-unavailable.txt"
+
+
+def _image(args: argparse.Namespace) -> int:
+    IMAGE_RECORD.unlink(missing_ok=True)
+    IMAGE_UNAVAILABLE.unlink(missing_ok=True)
+    try:
+        built = image.build(
+            version.read_version(REPO),
+            base_choice=args.base,
+            cache=args.cache,
+            dist=args.dist,
+            refresh_base=args.refresh_base,
+        )
+    except image.ImageUnavailableError as exc:
+        print(f"image: cannot build here: {exc}", file=sys.stderr)
+        if not args.unavailable_ok:
+            return 1
+        IMAGE_UNAVAILABLE.parent.mkdir(parents=True, exist_ok=True)
+        IMAGE_UNAVAILABLE.write_text(f"{exc}\n", encoding="utf-8")
+        return 0
+    except image.ImageBuildError as exc:
+        print(f"image: build failed: {exc}", file=sys.stderr)
+        return 1
+    IMAGE_RECORD.parent.mkdir(parents=True, exist_ok=True)
+    IMAGE_RECORD.write_text(
+        json.dumps(
+            {
+                "tag": built.tag,
+                "base": built.base,
+                "archive": str(built.archive),
+                "image_id": built.image_id,
+                "size_bytes": built.size_bytes,
+                "layers": built.layers,
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    print(image.describe(built))
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -18,6 +63,22 @@ def main(argv: list[str]) -> int:
     setv = sub.add_parser("set-version", help="write a new version to VERSION and every copy of it")
     setv.add_argument("new", help="MAJOR.MINOR.PATCH")
     sub.add_parser("check-version", help="fail when a copy of the version disagrees")
+    img = sub.add_parser("image", help="build the container image and save it under dist/")
+    img.add_argument(
+        "--base",
+        default="auto",
+        help="auto (the Dockerfile's base if it can be pulled, else debian), debian, or an "
+        "image reference",
+    )
+    img.add_argument("--cache", type=Path, default=image.DEFAULT_CACHE, help="the base's cache")
+    img.add_argument("--refresh-base", action="store_true", help="remake the Debian base")
+    img.add_argument("--dist", type=Path, default=REPO / "dist")
+    img.add_argument(
+        "--unavailable-ok",
+        action="store_true",
+        help="exit 0 when this machine cannot build images, with the reason in "
+        "build/image-unavailable.txt (the image-run test skips with it)",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "version":
@@ -30,6 +91,8 @@ def main(argv: list[str]) -> int:
         for problem in problems:
             print(problem, file=sys.stderr)
         return 1 if problems else 0
+    elif args.command == "image":
+        return _image(args)
     return 0
 
 
