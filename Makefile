@@ -116,6 +116,13 @@ image-test: install-test kafka
 	$(BIN)/python -m bridge.devtools.release image $(IMAGE_FLAGS) --unavailable-ok
 	$(BIN)/python -m pytest -q -rs -m image tests/integration/test_image.py
 
+# The release in dist/ (docs/shipping.md): the bridge's and the consumers' package's wheels and
+# sdists, the Java kit's jar and sources jar (mvn -Prelease package, its tests included), the
+# chart (.tgz, Helm's library), the image's OCI archive (make image), a CycloneDX SBOM of each,
+# SHA256SUMS; all of VERSION's version, read back and checked before it says done.
+release: install-test
+	$(BIN)/python -m bridge.devtools.release dist $(IMAGE_FLAGS)
+
 # The fault scenarios of tests/reliability/scenarios.py at full size (several minutes, its own
 # tansu brokers); prints the table. CI runs them reduced: tests/integration/test_reliability.py.
 reliability: install

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -250,7 +251,7 @@ def choose_base(choice: str, cache: Path, *, refresh: bool) -> str:
     return debian_base(cache, refresh=refresh)
 
 
-def _host_trust() -> list[str]:
+def host_trust() -> list[str]:
     """The host's CA bundle over the build's, for the RUN steps only (a bind mount: not in any
     layer, and the runtime stage copies nothing from /etc): where the host reaches the package
     index through a TLS-inspecting proxy, the build stage's pip trusts what the host's does."""
@@ -258,6 +259,25 @@ def _host_trust() -> list[str]:
         if candidate and Path(candidate).is_file():
             return ["--volume", f"{Path(candidate).resolve()}:{_HOST_CA}:ro"]
     return []
+
+
+def _archive_json(archive: tarfile.TarFile, name: str) -> Any:
+    member = archive.extractfile(name)
+    if member is None:
+        raise ImageBuildError(f"{name} is not a file in the archive")
+    return json.load(member)
+
+
+def archive_manifest(path: Path) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """An OCI archive's manifest digest (what a registry serves it as when the archive is
+    copied as it is, e.g. by `skopeo copy`), its index entry and its image config."""
+    with tarfile.open(path) as archive:
+        (entry,) = _archive_json(archive, "index.json")["manifests"]
+        digest: str = entry["digest"]
+        manifest = _archive_json(archive, f"blobs/{digest.replace(':', '/')}")
+        config_digest = manifest["config"]["digest"].replace(":", "/")
+        config: dict[str, Any] = _archive_json(archive, f"blobs/{config_digest}")
+    return digest, entry, config
 
 
 def inspect(ref: str) -> dict[str, Any]:
@@ -287,7 +307,7 @@ def build(
     # chroot isolation: the RUN steps need no OCI runtime (none that works on every host, see
     # PACKAGES), and the build stage reaches the package index through the host's network.
     args = [
-        "buildah", "bud", "--isolation", "chroot", "--layers", *_host_trust(),
+        "buildah", "bud", "--isolation", "chroot", "--layers", *host_trust(),
         "--build-arg", f"PYTHON_IMAGE={base}",
         "--build-arg", f"VERSION={version}",
         "--tag", tag, "--file", str(DOCKERFILE), str(REPO),
