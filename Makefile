@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-test kafka registry lint format test test-unit test-integration ops-tools consumer-kit image image-test release run bench reliability schemas vectors docs clean
+.PHONY: install install-test kafka registry lint format test test-unit test-integration ops-tools consumer-kit image image-test release set-version run bench reliability schemas vectors docs clean
 
 install: $(STAMP)
 
@@ -123,6 +123,11 @@ image-test: install-test kafka
 release: install-test
 	$(BIN)/python -m bridge.devtools.release dist $(IMAGE_FLAGS)
 
+# `make set-version V=1.2.3`: VERSION and every copy of it (chart, pom, pins, the image label's
+# default); the changelog's Unreleased section becomes 1.2.3.
+set-version: install
+	$(BIN)/python -m bridge.devtools.release set-version $(V)
+
 # The fault scenarios of tests/reliability/scenarios.py at full size (several minutes, its own
 # tansu brokers); prints the table. CI runs them reduced: tests/integration/test_reliability.py.
 reliability: install
@@ -152,5 +157,5 @@ bench: install kafka
 	$(BIN)/python bench/ingress.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -301,7 +301,8 @@ def build(
 ) -> Built:
     """Build the image from the Dockerfile, save it to dist/ as an OCI archive, describe it."""
     started = time.monotonic()
-    ensure_tools(["buildah", "podman"])
+    # podman and runc: `make image-test` runs what was built (PACKAGES says why runc).
+    ensure_tools(["buildah", "podman", "runc"])
     base = choose_base(base_choice, cache, refresh=refresh_base)
     tag = f"localhost/{IMAGE_NAME}:{version}"
     # chroot isolation: the RUN steps need no OCI runtime (none that works on every host, see
