@@ -280,6 +280,20 @@ def archive_manifest(path: Path) -> tuple[str, dict[str, Any], dict[str, Any]]:
     return digest, entry, config
 
 
+def archive_image_id(path: Path) -> str | None:
+    """The id (config digest, as buildah names images) of the image an archive holds."""
+    if not path.exists():
+        return None
+    try:
+        with tarfile.open(path) as archive:
+            (entry,) = _archive_json(archive, "index.json")["manifests"]
+            manifest = _archive_json(archive, f"blobs/{entry['digest'].replace(':', '/')}")
+    except (OSError, tarfile.TarError, KeyError, ValueError, ImageBuildError):
+        return None
+    config: str = manifest["config"]["digest"]
+    return config.removeprefix("sha256:")
+
+
 def inspect(ref: str) -> dict[str, Any]:
     """buildah's view of an image: its OCI config (labels, layers) among other things."""
     data: dict[str, Any] = json.loads(_check(["buildah", "inspect", "--type", "image", ref]))
@@ -318,15 +332,22 @@ def build(
         raise ImageBuildError("buildah bud failed (its output is above)")
     dist.mkdir(parents=True, exist_ok=True)
     archive = dist / f"{IMAGE_NAME}-{version}.oci.tar"
-    archive.unlink(missing_ok=True)
-    # The archive's ref.name is the tag `podman load` and `skopeo copy` give the image back.
-    _check(["buildah", "push", "--quiet", tag, f"oci-archive:{archive}:{IMAGE_NAME}:{version}"])
     data = inspect(tag)
+    image_id: str = data["FromImageID"]
+    if archive_image_id(archive) != image_id:
+        # Saved anew only when the image changed: the same image saved twice differs in its
+        # tar's bytes (not its digest), which would break a release's SHA256SUMS.
+        archive.unlink(missing_ok=True)
+        # The archive's ref.name is the tag `podman load` and `skopeo copy` give the image back.
+        _check(["buildah", "push", "--quiet", tag, f"oci-archive:{archive}:{IMAGE_NAME}:{version}"])
+    # Each build leaves untagged layers: the newest are the next build's cache, those a week old
+    # only fill the disk of a machine that builds every change (CI).
+    _run(["podman", "image", "prune", "--force", "--filter", "until=168h"])
     return Built(
         tag=tag,
         base=base,
         archive=archive,
-        image_id=data["FromImageID"],
+        image_id=image_id,
         size_bytes=image_size(tag),
         layers=len(data["OCIv1"]["rootfs"]["diff_ids"]),
         archive_bytes=archive.stat().st_size,

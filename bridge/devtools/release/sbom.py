@@ -115,7 +115,7 @@ def python_package(
 # -- the image -------------------------------------------------------------------------------
 
 
-def _dpkg_packages(status: str) -> Iterator[dict[str, str]]:
+def dpkg_packages(status: str) -> Iterator[dict[str, str]]:
     """The installed packages of a dpkg status file (deb822 paragraphs)."""
     for paragraph in status.split("\n\n"):
         fields: dict[str, str] = {}
@@ -182,7 +182,7 @@ def image(tag: str, version: str, digest: str, out: Path) -> None:
         bom_ref=f"os:{distro}",
     )
     debs = []
-    for package in _dpkg_packages(status):
+    for package in dpkg_packages(status):
         purl = PackageURL(
             type="deb",
             namespace=release.get("ID", "debian"),
