@@ -211,7 +211,9 @@ def _machine_flags(ref: str) -> tuple[tuple[str, ...], list[str]]:
     pytest.skip("podman cannot start a container on this machine: " + "; ".join(said))
 
 
-@pytest.fixture(scope="module")
+# Session-scoped, and first in each test's arguments: where there is no image it skips before
+# the (session-scoped) Kafka starts for nothing.
+@pytest.fixture(scope="session")
 def image() -> Image:
     if not RECORD.exists():
         if UNAVAILABLE.exists():
