@@ -297,7 +297,8 @@ async def test_invalid_bodies_get_400_and_their_raw_bytes_go_to_the_dlq(
         record = dead[reply.headers["X-Request-Id"]]
         assert record.value == body, kind  # the raw bytes, as they came (b"" reads back empty)
         assert record.key is None
-        # The DLQ header contract (README "Dead letters"); ticket-id when the body names one.
+        # The DLQ header contract (docs/operations.md, "Dead letters"); ticket-id when the body
+        # names one.
         named = _named_ticket(body)
         assert set(record.headers) == {
             "dlq-kind",
