@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from apizee_session_events.kafka import Event, read_events
 from confluent_kafka import Producer
 
 from bridge.catalog import EVENTS
+from bridge.devtools.devbroker import TansuBroker
 from bridge.devtools.devregistry import RegistryServer
 from tests.integration import kafkakit
 from tests.integration.bridgeproc import bridge_settings, running_bridge
@@ -176,3 +178,20 @@ async def test_a_record_that_does_not_decode_names_where_it_is(
         f"{topic} partition 0 offset 2: no schema with fingerprint 0000000000000000" in skipped[1]
     )
     assert issubclass(UnknownSchemaError, DecodeError)
+
+
+async def test_a_slow_group_join_does_not_end_the_reading_early(tansu_broker: TansuBroker) -> None:
+    """The idle timer counts from the assignment: tansu (the broker of `make run` without
+    Java) takes about 20 s to admit a group member, ten times the idle timeout here."""
+    bootstrap, prefix, idle = tansu_broker.bootstrap_servers, "slow", 2.0
+    kafkakit.create_topics(bootstrap, [f"{prefix}.ticket"], partitions=1, replication=1)
+    with _producer(bootstrap) as producer:
+        producer.produce(f"{prefix}.ticket", _vector("ticket.new"), key=b"361")
+        assert producer.flush(30) == 0
+
+    started = time.monotonic()
+    events = await _read(bootstrap, prefix, group_id="slow-joiners", idle_timeout_seconds=idle)
+    elapsed = time.monotonic() - started
+
+    assert [e.fields["eventType"] for e in events] == ["ticket.new"]
+    assert elapsed > 2 * idle, f"the join took {elapsed:.1f} s: no longer a slow join"
