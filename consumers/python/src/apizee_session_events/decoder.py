@@ -22,10 +22,10 @@ from typing import Any
 
 from fastavro import parse_schema, schemaless_reader
 
+from apizee_session_events.bundled import current_schemas, full_name, released_sets
 from apizee_session_events.errors import DecodeError, UnknownSchemaError
 from apizee_session_events.framing import Framing, framing_of
 from apizee_session_events.registry import SchemaFetcher
-from apizee_session_events.bundled import current_schemas, full_name, released_sets
 
 
 @dataclass(frozen=True, slots=True)
