@@ -631,9 +631,21 @@ class Publisher:
                     await self._refresh_limits()
             except _CONNECT_ERRORS as exc:
                 # Not a readiness matter: the producer's limit applies meanwhile and the
-                # broker refuses what does not fit (a definitive 413 all the same).
+                # broker refuses what does not fit (a definitive 413 all the same). Tried
+                # again when due, not at every health check: a broker without
+                # DescribeConfigs (tansu) would otherwise be asked, and logged, every 2 s.
                 self._limits_at = time.monotonic()
-                log.warning("topic_limits_unknown", error=type(exc).__name__)
+                self._limits_stale = False
+                log.warning(
+                    "topic_limits_unknown",
+                    error=type(exc).__name__,
+                    reason="the cluster did not answer DescribeConfigs for the topics'"
+                    f" {MAX_MESSAGE_BYTES} (a broker without it, such as tansu, or no"
+                    " DescribeConfigs ACL)",
+                    consequence=f"the producer's limit of {self._max_request_size} bytes"
+                    " applies; the broker refuses what its topics do not take (413)",
+                    retry_in_seconds=round(self._settings.metadata_max_age_ms / 1000),
+                )
         if missing:
             self._set_health(False, f"topics missing: {', '.join(missing)}")
         elif not self._ready_once and (leaderless := _leaderless(cluster, self.required_topics)):
