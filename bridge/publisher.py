@@ -28,15 +28,17 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     SaslAuthenticationFailed,
     TopicAlreadyExistsError,
+    for_code,
 )
 from aiokafka.errors import RecordTooLargeError as KafkaRecordTooLargeError
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.transaction import InitProducerIdRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from bridge import dlq, metrics
 from bridge.catalog import CATEGORIES, EVENTS, UNKNOWN_CATEGORY
 from bridge.codec import Codec
-from bridge.config import DLQ_RECORD_OVERHEAD_BYTES, KafkaSettings
+from bridge.config import DLQ_RECORD_OVERHEAD_BYTES, KafkaSettings, env_name
 from bridge.errors import (
     CodecError,
     KafkaUnavailableError,
@@ -65,6 +67,7 @@ _TOO_LARGE: Final = (MessageSizeTooLargeError, RecordListTooLargeError, KafkaRec
 # aiokafka's SCRAM client raises KeyError or ValueError, not a KafkaError, when the broker
 # ends the exchange with an error ("e=unknown-user", "e=invalid-proof") or a bad signature.
 _CONNECT_ERRORS: Final = (KafkaError, OSError, TimeoutError, KeyError, ValueError)
+IDEMPOTENCE_VARIABLE: Final = env_name("kafka", "enable_idempotence")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,19 +167,8 @@ async def diagnose_connection(settings: KafkaSettings) -> str | None:
     """
     kwargs = connection_kwargs(settings)
     for address in settings.bootstrap_servers.split(","):
-        host, _, port = address.strip().rpartition(":")
         try:
-            conn = await create_conn(
-                host,
-                int(port),
-                client_id=kwargs["client_id"],
-                request_timeout_ms=kwargs["request_timeout_ms"],
-                ssl_context=kwargs.get("ssl_context"),
-                security_protocol=kwargs["security_protocol"],
-                sasl_mechanism=kwargs.get("sasl_mechanism"),
-                sasl_plain_username=kwargs.get("sasl_plain_username"),
-                sasl_plain_password=kwargs.get("sasl_plain_password"),
-            )
+            conn = await _open(address, kwargs)
         except ssl.SSLCertVerificationError as exc:
             return f"TLS certificate verify failed at {address}: {exc.verify_message}"
         except ssl.SSLError as exc:
@@ -197,9 +189,67 @@ async def diagnose_connection(settings: KafkaSettings) -> str | None:
             )
         except KafkaError as exc:
             return f"{address}: {type(exc).__name__}"
-        else:
+        try:
+            # Connected: the refusal may be the idempotent producer's first request.
+            if settings.enable_idempotence and (refused := await _idempotence_refused(conn)):
+                return f"{address} {refused}"
+        finally:
             conn.close()
     return None
+
+
+async def idempotence_refused(settings: KafkaSettings) -> str | None:
+    """Why the cluster refuses the idempotent producer these settings ask for, or None (also
+    when it cannot be asked: connection problems are diagnose_connection's)."""
+    if not settings.enable_idempotence:
+        return None
+    kwargs = connection_kwargs(settings)
+    for address in settings.bootstrap_servers.split(","):
+        try:
+            conn = await _open(address, kwargs)
+        except (*_CONNECT_ERRORS, ssl.SSLError):
+            continue
+        try:
+            refused = await _idempotence_refused(conn)
+        finally:
+            conn.close()
+        return None if refused is None else f"{address} {refused}"
+    return None
+
+
+async def _open(address: str, kwargs: Mapping[str, Any]) -> Any:
+    """One connection to `address` with the clients' security settings."""
+    host, _, port = address.strip().rpartition(":")
+    return await create_conn(
+        host,
+        int(port),
+        client_id=kwargs["client_id"],
+        request_timeout_ms=kwargs["request_timeout_ms"],
+        ssl_context=kwargs.get("ssl_context"),
+        security_protocol=kwargs["security_protocol"],
+        sasl_mechanism=kwargs.get("sasl_mechanism"),
+        sasl_plain_username=kwargs.get("sasl_plain_username"),
+        sasl_plain_password=kwargs.get("sasl_plain_password"),
+    )
+
+
+async def _idempotence_refused(conn: Any) -> str | None:
+    """Ask for a producer id as the idempotent producer does first (InitProducerId): aiokafka
+    retries a refusal inside producer.start() and reports only its error class. None when
+    the broker grants one, or does not answer (not a refusal: an outage)."""
+    try:
+        response = await conn.send(InitProducerIdRequest(None, 60_000))
+    except _CONNECT_ERRORS:
+        return None
+    error_class = for_code(response.error_code)
+    if not response.error_code or error_class.retriable:
+        return None  # granted, or not yet (e.g. its coordinator still loading)
+    error = error_class.__name__
+    return (
+        f"refused an idempotent producer id (InitProducerId: {error}): a broker without the"
+        " idempotent producer (such as tansu) or a principal not allowed to use it; set"
+        f" {IDEMPOTENCE_VARIABLE}=false for such a broker"
+    )
 
 
 def _leaderless(cluster: Any, topics: list[str]) -> list[str]:
