@@ -21,7 +21,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http import HttpVersion11
 
 from bridge import dlq, metrics
-from bridge.admission import BodyBudget, Throttled, new_request_id
+from bridge.admission import BodyBudget, new_request_id
 from bridge.auth import Authenticator, AuthError
 from bridge.config import BridgeSettings
 from bridge.dedupe import RecentIds
@@ -37,6 +37,7 @@ from bridge.errors import (
     SchemasNotRegisteredError,
     UnsupportedMediaTypeError,
 )
+from bridge.logs import Throttled
 from bridge.models import CanonicalEvent, from_webhook, parse_webhook
 from bridge.publisher import Publisher
 
@@ -164,6 +165,7 @@ def _error_response(exc: Exception, ingress: Ingress) -> tuple[web.Response, str
 
 
 _OVER_BUDGET: Final = Throttled("webhooks_over_budget")
+_UNAVAILABLE: Final = Throttled("webhook_failed")
 _REQUESTS_BY: Final = metrics.Children(metrics.WEBHOOK_REQUESTS)
 _DURATION_BY: Final = metrics.Children(metrics.WEBHOOK_DURATION)
 _DUPLICATES_BY: Final = metrics.Children(metrics.DUPLICATES)
@@ -188,6 +190,16 @@ async def observe(
         response, reason = _error_response(exc, ingress)
         if isinstance(exc, OverCapacityError):
             _OVER_BUDGET(budget_bytes=ingress.budget.limit)
+        elif isinstance(exc, PublishError):
+            # Kafka down: every webhook fails alike; counted each, logged once per 10 s.
+            _UNAVAILABLE(
+                request_id=request_id,
+                status=response.status,
+                reason=reason,
+                error=type(exc).__name__,
+                consequence="answered 503 with Retry-After: the sender retries, the poller"
+                " fills the gap",
+            )
         elif response.status >= 500:
             log_call = log.error if response.status == 500 else log.warning
             log_call(

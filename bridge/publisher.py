@@ -46,6 +46,7 @@ from bridge.errors import (
     RecordTooLargeError,
     SchemasNotRegisteredError,
 )
+from bridge.logs import name_brokers
 from bridge.models import CanonicalEvent
 
 log = structlog.get_logger(__name__)
@@ -68,6 +69,8 @@ _TOO_LARGE: Final = (MessageSizeTooLargeError, RecordListTooLargeError, KafkaRec
 # ends the exchange with an error ("e=unknown-user", "e=invalid-proof") or a bad signature.
 _CONNECT_ERRORS: Final = (KafkaError, OSError, TimeoutError, KeyError, ValueError)
 IDEMPOTENCE_VARIABLE: Final = env_name("kafka", "enable_idempotence")
+# How long readiness waits for a connection to each broker while metadata fails.
+_PROBE_SECONDS: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +346,11 @@ class Publisher:
         self._ready_once = False
         self._last_failure_at = 0.0
         self._last_failure = ""
+        # Per broker address: when it was last listed in metadata (or first found down), and
+        # why those that do not answer now do not.
+        self._brokers: list[str] = []
+        self._broker_seen: dict[str, float] = {}
+        self._unreachable: dict[str, str] = {}
 
     def _build_routes(self) -> dict[str, _Route]:
         routes = {}
@@ -669,10 +677,11 @@ class Publisher:
                     missing = await self.ensure_topics()
                     cluster = await self._producer.client.fetch_all_metadata()
         except _CONNECT_ERRORS as exc:
-            self._set_health(False, f"metadata unavailable: {type(exc).__name__}")
+            self._set_health(False, await self._unreachable_reason(exc))
             metrics.KAFKA_METADATA_AGE.set(self.metadata_age or 0.0)
             return
         self._metadata_at = time.monotonic()
+        self._note_brokers(cluster)
         metrics.KAFKA_METADATA_AGE.set(0.0)
         due = time.monotonic() - self._limits_at >= self._settings.metadata_max_age_ms / 1000
         if not missing and (self._limits_stale or due):
@@ -706,6 +715,53 @@ class Publisher:
             self._set_health(False, f"partitions without a leader: {shown}")
         else:
             self._set_health(True)
+
+    def _note_brokers(self, cluster: Any) -> None:
+        """Brokers the metadata lists: reachable now, and named in the client's logs."""
+        brokers = {b.nodeId: f"{b.host}:{b.port}" for b in cluster.brokers()}
+        name_brokers(brokers)
+        now = time.monotonic()
+        self._brokers = sorted(brokers.values())
+        for address in self._brokers:
+            self._broker_seen[address] = now
+        if self._unreachable:
+            log.info("kafka_brokers_reachable", brokers=sorted(brokers.values()))
+            self._unreachable = {}
+
+    async def _unreachable_reason(self, exc: BaseException) -> str:
+        """Readiness while metadata fails: the broker addresses that do not answer a
+        connection (the last known brokers, else the bootstrap servers) and for how long."""
+        addresses = self._brokers or [
+            a.strip() for a in self._settings.bootstrap_servers.split(",") if a.strip()
+        ]
+        causes = await asyncio.gather(*(self._probe(a) for a in addresses))
+        now = time.monotonic()
+        down = {a: c for a, c in zip(addresses, causes, strict=True) if c is not None}
+        if down.keys() != self._unreachable.keys():
+            log.warning("kafka_brokers_unreachable", brokers=down)
+        self._unreachable = down
+        for address in down:
+            self._broker_seen.setdefault(address, now)
+        parts = [
+            f"cannot reach {a} for {now - self._broker_seen[a]:.0f}s ({cause})"
+            for a, cause in sorted(down.items())
+        ]
+        parts.append(f"metadata unavailable: {type(exc).__name__}")
+        return "; ".join(parts)
+
+    async def _probe(self, address: str) -> str | None:
+        """Why a connection to `address` fails, or None when it succeeds."""
+        try:
+            async with asyncio.timeout(_PROBE_SECONDS):
+                conn = await _open(address, connection_kwargs(self._settings))
+        except TimeoutError:
+            return f"no answer within {_PROBE_SECONDS:g}s"
+        except OSError as exc:
+            return exc.strerror or type(exc).__name__
+        except (*_CONNECT_ERRORS, ssl.SSLError) as exc:
+            return type(exc).__name__
+        conn.close()
+        return None
 
     async def _sweep(self) -> None:
         """Time out the publishes past their deadline, and sample the in-flight gauge (not

@@ -25,8 +25,10 @@ from bridge import metrics
 from bridge.catalog import TERMINAL_EVENT_TYPES
 from bridge.config import PollerSettings
 from bridge.errors import BridgeError
+from bridge.logs import Throttled
 
 log = structlog.get_logger(__name__)
+_FLUSH_FAILED: Final = Throttled("state_flush_failed")
 
 STATE_VERSION: Final = 1
 # The last flush at shutdown: a share of the ingress's grace, not all of it.
@@ -464,7 +466,12 @@ class StateSync:
                 self.store.sweep_foreign(now_ms() - _FOREIGN_KEEP_MS)
             except Exception as exc:  # keep the loop alive: Kafka may be down for a while
                 metrics.STATE_ERRORS.labels(kind="write").inc()
-                log.warning("state_flush_failed", error=type(exc).__name__)
+                # Each flush fails alike while Kafka is down: one line per 10 s.
+                _FLUSH_FAILED(
+                    error=type(exc).__name__,
+                    unwritten_tickets=self.store.unwritten,
+                    consequence="kept in memory and written once Kafka answers",
+                )
             finally:
                 # The store grows with every new ticket, not only at restore.
                 metrics.STATE_TICKETS.set(len(self.store))
