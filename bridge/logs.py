@@ -227,3 +227,14 @@ def configure_logging(level: str, fmt: Literal["json", "console"]) -> None:
     # At DEBUG aiokafka's connection logger prints every request, SASL PLAIN credentials
     # included: never below INFO.
     logging.getLogger("aiokafka.conn").setLevel(max(numeric, logging.INFO))
+
+
+def configure_command_logging(level: str) -> None:
+    """Logs of an operator command (check, tail, replay, backfill).
+
+    Their result is their output (stdout, and their own messages on stderr); log lines would
+    only interleave with it. So: readable lines on stderr, warnings and errors only, whatever
+    BRIDGE_LOG_FORMAT says (that is for the service's log shipper); BRIDGE_LOG_LEVEL=DEBUG
+    still shows everything.
+    """
+    configure_logging("DEBUG" if level.upper() == "DEBUG" else "WARNING", "console")
