@@ -8,12 +8,20 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from bridge.devtools.devbroker import TansuBroker, create_topics
 from bridge.publisher import TopicNames
-from tests.integration.bridgeproc import START_TIMEOUT, bridge_process, process_env
+from tests.integration.bridgeproc import (
+    START_TIMEOUT,
+    BridgeClient,
+    bridge_process,
+    process_env,
+    wait_for,
+)
 from tests.integration.commands.clikit import command_env, run_cli
 from tests.integration.commands.test_replay import park, summary_of, webhook_letter
 from tests.integration.readback import consume_async
@@ -86,3 +94,30 @@ async def test_replay_on_tansu_says_what_the_broker_lacks_and_reruns_with_restar
     assert summary_of(ran)["published"] == 0, ran
     records = await consume_async(bootstrap, [topics.category("ticket")], min_count=2, drain=1.0)
     assert sorted(int(r.headers["event-id"]) for r in records) == [7001, 7002]
+
+
+async def test_the_service_on_tansu_with_idempotence_says_why_it_is_not_ready(
+    tansu_broker: TansuBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    env = process_env(
+        tansu_broker.bootstrap_servers, topic_prefix, BRIDGE_KAFKA_TOPIC_REPLICATION_FACTOR="1"
+    )
+    async with bridge_process(["run"], env, tmp_path / "bridge.log") as bridge:
+        (where,) = await bridge.wait_events("listening", 1, START_TIMEOUT)
+        async with aiohttp.ClientSession() as session:
+            client = BridgeClient(
+                where["webhook_url"], f"http://127.0.0.1:{where['admin_port']}", session
+            )
+            last: list[Any] = [None]
+
+            async def explained() -> bool:
+                last[0] = await client.readyz()
+                return last[0] is not None and "idempotent producer" in last[0].body.decode()
+
+            await wait_for(explained, 20, "/readyz explains (last: {})", last=last)
+        (failed,) = await bridge.wait_events("kafka_connect_failed", 1, 5)
+    reason = last[0].json()["reason"]
+    assert last[0].status == 503, last[0]
+    assert "InitProducerId" in reason, reason
+    assert "BRIDGE_KAFKA_ENABLE_IDEMPOTENCE=false" in reason, reason
+    assert failed["reason"] in reason, failed
