@@ -407,8 +407,8 @@ class StateSync:
                     "nothing acknowledged is lost: these tickets' events were acknowledged by"
                     " Kafka before their 200 and are in their topics; only the bridge's record"
                     " of them is missing, so after a restart the poller may publish some of"
-                    " them again (same event-id) and polls these tickets only once a webhook"
-                    " names them again"
+                    " them again (same event-id), and a ticket the state topic never held is"
+                    " polled only once a webhook names it again"
                 ),
             )
         finally:
