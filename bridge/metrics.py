@@ -146,7 +146,8 @@ PUBLISH_ERRORS = Counter(
 TOPIC_MAX_MESSAGE_BYTES = Gauge(
     f"{PREFIX}_topic_max_message_bytes",
     "max.message.bytes of each topic as read back from the cluster, by topic suffix"
-    " (category, unknown, dlq, bridge-state).",
+    " (category, unknown, dlq, bridge-state); no sample while the cluster does not say"
+    " (no DescribeConfigs: the producer's limit applies).",
     ["topic_suffix"],
     multiprocess_mode="livemin",
 )
