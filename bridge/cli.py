@@ -58,9 +58,16 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
-    from bridge.devtools.dev import run_dev
+    from bridge.devtools.dev import DevOptions, run_dev
 
-    return run_dev(simulator=not args.no_simulator)
+    return run_dev(
+        DevOptions(
+            simulator=not args.no_simulator,
+            registry=args.registry,
+            broker=args.broker,
+            run_dir=args.run_dir,
+        )
+    )
 
 
 def _cmd_schemas(args: argparse.Namespace) -> int:
@@ -317,9 +324,30 @@ def build_parser() -> argparse.ArgumentParser:
         "dev",
         help="run a local broker, the bridge, a simulated Apizee and a console consumer"
         " (what `make run` does)",
-        description="Start the embedded tansu broker (unless BRIDGE_KAFKA_BOOTSTRAP_SERVERS "
-        "is set), the bridge with a generated token, a simulated Apizee (REST API for the "
-        "poller, webhooks with 20% dropped) and print each event landing in Kafka.",
+        description="Start a local broker (unless BRIDGE_KAFKA_BOOTSTRAP_SERVERS is set): Apache"
+        " Kafka from `make kafka`'s jars when Java is there, else tansu; the bridge with a"
+        " generated token, a simulated Apizee (REST API for the poller, webhooks with 20%"
+        " dropped), and print each event landing in Kafka. The session's settings go to"
+        " .run/env (sourceable) for the commands the banner prints; removed at exit.",
+    )
+    dev.add_argument(
+        "--registry",
+        action="store_true",
+        help="also start the test schema registry (`make registry`) and run the bridge in"
+        " registry mode",
+    )
+    dev.add_argument(
+        "--broker",
+        choices=("kafka", "tansu"),
+        help="the local broker (also BRIDGE_DEV_BROKER); default: Apache Kafka when Java and"
+        " its jars are there, else tansu",
+    )
+    dev.add_argument(
+        "--run-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the session writes its env file, Kafka's data and the servers' logs (also"
+        " BRIDGE_DEV_RUN_DIR; default .run)",
     )
     dev.add_argument(
         "--no-simulator",
