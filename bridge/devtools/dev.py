@@ -486,7 +486,7 @@ def _run_dev(options: DevOptions) -> int:
             local = _Local(run_dir)
             # Registered before anything starts: the file goes however the session ends.
             stack.callback(_remove_env_file, local.env_file)
-            overrides = dict(plan.overrides)
+            overrides: dict[str, Any] = dict(plan.overrides)
             if plan.local_broker:
                 if kind == "kafka":
                     _say("apizee-bridge dev: starting Apache Kafka (KRaft, 1 node) ...")
