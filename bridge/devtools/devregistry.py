@@ -21,7 +21,6 @@ REGISTRY_JAR_ENV: Final = "APICURIO_REGISTRY_JAR"
 CCOMPAT_PATH: Final = "/apis/ccompat/v7"
 _LOOPBACK: Final = "127.0.0.1"
 _POLL_INTERVAL: Final = 0.1
-# bridge/devtools/devregistry.py: the checkout is two folders up.
 _DEFAULT_JAR: Final = (
     Path(__file__).resolve().parents[2]
     / "devregistry"
