@@ -10,10 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pty
 import re
+import select
 import shlex
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -593,3 +597,69 @@ async def test_registry_mode_without_the_registry_jar_says_how_to_build_it(
     error = dev.stderr_path.read_text()
     assert "--registry: the test schema registry cannot run: no Apicurio Registry jar at" in error
     assert "run `make registry`" in error
+
+
+# -- `make run` and Ctrl-C -----------------------------------------------------------------------
+
+
+def _read_pty_until(master: int, marker: bytes, within: float) -> bytes:
+    """What the terminal shows until `marker` (or the end, or the deadline)."""
+    seen = b""
+    deadline = time.monotonic() + within
+    while marker not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: every process holding the terminal has exited
+            break
+        if not chunk:
+            break
+        seen += chunk
+    return seen
+
+
+def test_make_run_exits_0_on_ctrl_c(tmp_path: Path) -> None:
+    """Ctrl-C in the terminal of `make run`: the status is the program's (0), not make's 130."""
+    make, setsid = shutil.which("make"), shutil.which("setsid")
+    if make is None or setsid is None:
+        pytest.skip(f"{'make' if make is None else 'setsid (util-linux)'} is not installed")
+    if subprocess.run([make, "-q", "install"], cwd=REPO, check=False).returncode != 0:
+        pytest.skip("`make install` is not up to date in this checkout: make run would reinstall")
+    master, slave = pty.openpty()
+    env = _env(
+        # The terminal is what this test is about: the quickest session.
+        BRIDGE_DEV_BROKER="tansu",
+        BRIDGE_DEV_SIMULATOR="false",
+        BRIDGE_DEV_RUN_DIR=str(tmp_path / "run"),
+        BRIDGE_INGRESS_PORT=str(free_port()),
+        BRIDGE_ADMIN_PORT=str(free_port()),
+    )
+    # A terminal of its own, as a newcomer's shell gives `make run`: setsid --ctty makes the
+    # pseudo-terminal the controlling one, so ^C is the kernel's SIGINT to its foreground job.
+    process = subprocess.Popen(
+        [setsid, "--ctty", "--wait", make, "--no-print-directory", "run"],
+        cwd=REPO,
+        env=env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    try:
+        shown = _read_pty_until(master, BANNER_END.encode(), START_TIMEOUT)
+        assert BANNER_END.encode() in shown, shown.decode(errors="replace")
+        os.write(master, b"\x03")  # Ctrl-C, as typed
+        code = process.wait(timeout=STOP_TIMEOUT)
+        shown += _read_pty_until(master, b"\x00", 1.0)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+    text = shown.decode(errors="replace")
+    assert code == 0, text
+    assert "apizee-bridge dev: stopped" in text
+    assert "Interrupt" not in text  # make's "*** [Makefile: run] Interrupt"
+    assert not (tmp_path / "run" / "env").exists()
