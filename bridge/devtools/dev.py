@@ -484,7 +484,9 @@ def _run_dev(options: DevOptions) -> int:
         with contextlib.ExitStack() as stack:
             stack.enter_context(_run_dir_held(run_dir))
             local = _Local(run_dir)
-            # Registered before anything starts: the file goes however the session ends.
+            # A killed session's file points at nothing: gone until this one is ready. And
+            # registered before anything starts: the file goes however this session ends.
+            _remove_env_file(local.env_file)
             stack.callback(_remove_env_file, local.env_file)
             overrides: dict[str, Any] = dict(plan.overrides)
             if plan.local_broker:

@@ -491,7 +491,10 @@ async def test_the_python_example_as_printed_prints_events(printed: Printed) -> 
     assert ran.code == 0, ran
     events = [line for line in ran.lines if line.startswith("apizee.session-events.")]
     assert len(events) >= 10, ran
-    assert all(re.search(r" ticketId=\d+ eventId=\d+ occurredAt=", line) for line in events), ran
+    ids = [re.search(r" ticketId=\d+ eventId=(\d+) occurredAt=", line) for line in events]
+    assert all(ids), ran
+    # From the oldest record on, each event once.
+    assert len({m[1] for m in ids if m}) == len(ids), ran
 
 
 async def test_ctrl_c_ends_the_session_and_its_env_file(printed: Printed) -> None:
