@@ -1,4 +1,4 @@
-# The Makefile is the interface: README documents every target.
+# The Makefile is the interface: docs/development.md documents every target.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -99,9 +99,11 @@ consumer-kit:
 	  cd $(KIT) && $(MVN) verify && touch target/.resolved; \
 	fi
 
-# The fault scenarios of tests/reliability/scenarios.py at full size (several minutes, its own
-# tansu brokers); prints the table. CI runs them reduced: tests/integration/test_reliability.py.
-reliability: install
+# The fault scenarios of tests/reliability/scenarios.py at full size (several minutes) on Apache
+# Kafka clusters of their own (one node, then three; `make kafka`'s jars); prints the table. They
+# reuse the integration tests' helpers, hence the test extra. CI runs them reduced:
+# tests/integration/test_reliability.py and test_cluster.py.
+reliability: install-test kafka
 	$(BIN)/python -m tests.reliability.run --size full
 
 # Regenerate schemas/ from the catalog (the test suite proves files and catalog agree).
@@ -113,9 +115,10 @@ schemas: install
 vectors: install
 	$(BIN)/python -m tests.vectors.generate
 
-# Regenerate the README's generated blocks (config variables, event catalog).
+# Regenerate the generated blocks (config variables, event catalog) wherever they live in
+# README.md and docs/*.md.
 docs: install
-	$(BIN)/python -m bridge.devtools.docs README.md
+	$(BIN)/python -m bridge.devtools.docs
 
 # `make run`: Apache Kafka under the demo when Java is there (its jars resolved once by `make
 # kafka`, which needs Maven; if they cannot be, dev mode says so and runs tansu instead).

@@ -8,9 +8,9 @@
 
 from __future__ import annotations
 
+from apizee_session_events.bundled import categories, event_topics, event_types
 from apizee_session_events.decoder import DecodedRecord, Decoder
 from apizee_session_events.errors import DecodeError, RegistryUnavailableError, UnknownSchemaError
-from apizee_session_events.bundled import categories, event_topics, event_types
 
 __version__ = "0.1.0"
 
