@@ -104,6 +104,12 @@ SEED_EVENT: Final = SimEvent(
 RUN_DIR_ENV: Final = "BRIDGE_DEV_RUN_DIR"  # as --run-dir
 DEFAULT_RUN_DIR: Final = Path(".run")
 ENV_FILE: Final = "env"
+# Set by the env file: the variables it exported. A shell that sourced it and then runs
+# `make run` again would otherwise point the new session at the old one's broker and Apizee.
+SESSION_ENV: Final = "BRIDGE_DEV_SESSION"
+# Where this session's bridge listens, for hand-made curls (no setting of the bridge's).
+WEBHOOK_URL_ENV: Final = "BRIDGE_DEV_WEBHOOK_URL"
+ADMIN_URL_ENV: Final = "BRIDGE_DEV_ADMIN_URL"
 # Which local broker: kafka, tansu, or auto (Apache Kafka when it can run, else tansu).
 BROKER_ENV: Final = "BRIDGE_DEV_BROKER"  # as --broker
 BrokerKind = Literal["kafka", "tansu"]
@@ -465,7 +471,21 @@ class _Local:
         return self.run_dir / ENV_FILE
 
 
+def forget_sourced_session() -> list[str]:
+    """Drop from this process's environment what a previous session's env file exported (the
+    shell that runs us sourced it); the names dropped."""
+    names = os.environ.pop(SESSION_ENV, "").split()
+    dropped = [name for name in names if os.environ.pop(name, None) is not None]
+    return dropped
+
+
 def _run_dev(options: DevOptions) -> int:
+    dropped = forget_sourced_session()
+    if dropped:
+        _say(
+            "apizee-bridge dev: this shell sourced a previous session's env file; ignoring what"
+            f" it set ({', '.join(dropped)})"
+        )
     try:
         plan = _plan(simulator_wanted(flag_off=not options.simulator))
         kind, reason = choose_broker(broker_wanted(options.broker))
@@ -641,7 +661,10 @@ async def _announce(
         async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
             await consumer.all_assigned.wait()
     if not stop.is_set():
-        _write_env_file(local.env_file, session_env(settings, plan, local))
+        variables = session_env(settings, plan, local)
+        variables[WEBHOOK_URL_ENV] = where.webhook_url
+        variables[ADMIN_URL_ENV] = admin_base
+        _write_env_file(local.env_file, variables)
         _say(_banner(settings, plan, local, where, admin_base, ready))
         announced.set()
 
@@ -859,6 +882,7 @@ def _env_file_text(variables: Mapping[str, str]) -> str:
         "# are not repeated here.",
         f'export PATH={bin_dir}:"$PATH"',
         *(f"export {name}={shlex.quote(value)}" for name, value in variables.items()),
+        f"export {SESSION_ENV}={shlex.quote(' '.join(variables))}",
     ]
     return "\n".join(lines) + "\n"
 

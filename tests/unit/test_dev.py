@@ -39,6 +39,7 @@ from bridge.devtools.dev import (
     _write_env_file,
     broker_wanted,
     choose_broker,
+    forget_sourced_session,
     session_env,
     simulator_wanted,
     try_commands,
@@ -334,6 +335,7 @@ def test_the_env_file_is_sourceable_and_private(tmp_path: Path) -> None:
     ).stdout.splitlines()
     for name, value in env.items():
         assert f"{name}={value}" in shown
+    assert f"BRIDGE_DEV_SESSION={' '.join(env)}" in shown
     # The venv's commands come first on PATH.
     assert shown[-1] == str(Path(sys.executable).parent / "apizee-bridge")
 
@@ -362,3 +364,24 @@ def test_the_banner_commands_name_a_ticket_the_simulator_has() -> None:
     java = [c for c in try_commands(settings, plan, local) if c.startswith("java ")]
     if java:
         assert '--schema-registry-url "$BRIDGE_SCHEMA_REGISTRY_URL"' in java[0]
+
+
+def test_a_shell_that_sourced_an_old_session_starts_a_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Sourced, then the session stopped: its broker and simulator are gone. A new `make run`
+    # from that shell must start its own, not point at them.
+    settings, plan, local = _session()
+    env = session_env(settings, plan, local)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("BRIDGE_DEV_SESSION", " ".join(env))
+    monkeypatch.setenv("BRIDGE_KAFKA_LINGER_MS", "7")  # the user's own: kept
+    assert forget_sourced_session() == list(env)
+    assert "BRIDGE_DEV_SESSION" not in os.environ
+    assert not [name for name in env if name in os.environ]
+    assert os.environ["BRIDGE_KAFKA_LINGER_MS"] == "7"
+    again = _plan()
+    assert again.local_broker
+    assert again.simulator is not None
+    assert again.generated_token is not None
