@@ -456,6 +456,41 @@ async def test_replay_dry_run_as_printed_reports_its_selection(printed: Printed)
     assert re.search(r"^\s+selected\s+\d+$", ran.stdout, re.MULTILINE), ran
 
 
+def _readme_trying_it() -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    return text[text.index("### From another terminal") : text.index("### Other ways to run it")]
+
+
+async def test_the_readme_shows_the_commands_the_banner_prints(printed: Printed) -> None:
+    """The README's walk-through is the banner's, command for command."""
+    block = re.search(r"```sh\n(.*?)```", _readme_trying_it(), re.DOTALL)
+    assert block is not None
+    shown = block.group(1).splitlines()
+    assert shown[0] == "source .run/env"  # the default run dir; this session's is a temp one
+    if not [c for c in printed.commands if c.startswith("java ")]:
+        # Not built here (the test of the Java example says why); the README shows it.
+        shown = [c for c in shown if not c.startswith("java ")]
+    assert shown[1:] == printed.commands, printed.commands
+
+
+async def test_a_dead_letter_parked_as_the_readme_says_shows_in_the_dry_run(
+    printed: Printed,
+) -> None:
+    # The README's curl, as written there, against this session.
+    (curl,) = [
+        line.strip()
+        for line in _readme_trying_it().splitlines()
+        if line.strip().startswith("curl ") and "'not json'" in line
+    ]
+    posted = await _run_as_printed(printed.source, curl)
+    assert posted.code == 0, posted
+    assert posted.stdout.startswith('{"status":"invalid","reason":"body: Invalid JSON'), posted
+    ran = await _run_as_printed(printed.source, printed.command("apizee-bridge replay"))
+    assert ran.code == 1, ran
+    assert re.search(r"^\s+still failing\s+1\b", ran.stdout, re.MULTILINE), ran
+    assert re.search(r"^\s+invalid_json\s+1$", ran.stdout, re.MULTILINE), ran
+
+
 async def test_backfill_as_printed_publishes_what_is_missing(printed: Printed) -> None:
     command = printed.command("apizee-bridge backfill")
     ticket = command.rsplit(" ", 1)[1]
