@@ -123,7 +123,13 @@ async def dev_mode(tmp_path: Path, *args: str, **settings: str) -> AsyncIterator
     try:
         yield dev
     finally:
-        # A failed test must not leave a bridge or a broker (its own session) running.
+        # A failed test must not leave a bridge, a broker or a registry (each in a session of
+        # its own) running: SIGTERM first, on which dev mode stops them all; SIGKILL if not.
+        if process.returncode is None:
+            process.terminate()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await process.wait()
         if process.returncode is None:
             process.kill()
             await process.wait()
