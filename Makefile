@@ -149,8 +149,15 @@ vectors: install
 docs: install
 	$(BIN)/python -m bridge.devtools.docs
 
+# `make run`: Apache Kafka under the demo when Java is there (its jars resolved once by `make
+# kafka`, which needs Maven; if they cannot be, dev mode says so and runs tansu instead).
+# On a terminal the program runs as a job of its own (`set -m`), so that Ctrl-C reaches it
+# and not make, which would otherwise die of the signal and exit 130 whatever the program did.
 run: install
-	$(BIN)/apizee-bridge dev
+	@if command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; then \
+	  $(MAKE) -s --no-print-directory kafka || echo "run: Apache Kafka's jars could not be resolved (make kafka)"; \
+	fi
+	@if [ -t 0 ]; then set -m; fi; $(BIN)/apizee-bridge dev
 
 # bench/ingress.py runs Apache Kafka from `make kafka`'s jars and installs wrk (apt-get, as
 # root) when it is missing; about 4 minutes.

@@ -8,8 +8,9 @@ import os
 import re
 import tomllib
 import warnings
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -58,6 +59,18 @@ MESSAGE_BYTES_HEADROOM = 64 * 1024
 
 class ConfigError(BridgeError):
     """The configuration is unusable; the message has one line per problem, naming the variable."""
+
+
+# What to set when no webhook authentication is configured (the "no method" problem).
+NO_WEBHOOK_AUTH_FIX: Final = (
+    "set BRIDGE_AUTH_HMAC_SECRET, BRIDGE_AUTH_TOKEN or BRIDGE_AUTH_BASIC_USERNAME +"
+    " BRIDGE_AUTH_BASIC_PASSWORD (or their *_FILE variants), or BRIDGE_AUTH_INSECURE_NO_AUTH=true"
+    " for development"
+)
+# Whether a webhook authentication method must be configured: not for the commands that
+# serve no webhooks (load_settings(require_webhook_auth=False)). A context variable because
+# pydantic-settings passes no validation context through a settings model's constructor.
+_WEBHOOK_AUTH_REQUIRED: ContextVar[bool] = ContextVar("webhook_auth_required", default=True)
 
 
 def _blank_to_none(value: object) -> object:
@@ -630,14 +643,9 @@ class AuthSettings(_Section):
                 "insecure_no_auth",
                 "cannot be combined with a configured method (" + ", ".join(self.methods) + ")",
             )
-        if not self.insecure_no_auth and not self.methods:
+        if not self.insecure_no_auth and not self.methods and _WEBHOOK_AUTH_REQUIRED.get():
             raise _problem(
-                "auth",
-                "*",
-                "no webhook authentication configured: set BRIDGE_AUTH_HMAC_SECRET,"
-                " BRIDGE_AUTH_TOKEN or BRIDGE_AUTH_BASIC_USERNAME + BRIDGE_AUTH_BASIC_PASSWORD"
-                " (or their *_FILE variants), or BRIDGE_AUTH_INSECURE_NO_AUTH=true for"
-                " development",
+                "auth", "*", f"no webhook authentication configured: {NO_WEBHOOK_AUTH_FIX}"
             )
         return self
 
@@ -957,8 +965,13 @@ def _error_line(error: Any) -> str:
     return f"{name}: {message}"
 
 
-def load_settings(**overrides: Any) -> BridgeSettings:
-    """Load settings from overrides, env and the optional TOML file; raise ConfigError."""
+def load_settings(*, require_webhook_auth: bool = True, **overrides: Any) -> BridgeSettings:
+    """Load settings from overrides, env and the optional TOML file; raise ConfigError.
+
+    `require_webhook_auth=False`: for what serves no webhooks (tail, replay, check, backfill),
+    no authentication method need be configured; the rest is validated as for `run`.
+    """
+    required = _WEBHOOK_AUTH_REQUIRED.set(require_webhook_auth)
     try:
         return BridgeSettings(**overrides)
     except ValidationError as exc:
@@ -970,6 +983,8 @@ def load_settings(**overrides: Any) -> BridgeSettings:
         raise ConfigError(f"{CONFIG_FILE_ENV}: not valid TOML: {exc}") from None
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None
+    finally:
+        _WEBHOOK_AUTH_REQUIRED.reset(required)
 
 
 def redacted_dump(settings: BridgeSettings) -> dict[str, Any]:

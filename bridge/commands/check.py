@@ -1,9 +1,11 @@
 """`apizee-bridge check`: a preflight of a deployment before Apizee's traffic arrives.
 
-One line per item, OK or what is wrong and how to fix it: each bootstrap broker with the
-configured security, the brokers the cluster advertises, every topic (partitions, replication,
-`min.insync.replicas`, `cleanup.policy`), this principal's rights on them and on the poller's
-group, Apizee's REST API with the token. Read only: nothing is created or written.
+One line per item, OK or what is wrong and how to fix it: the webhook authentication, each
+bootstrap broker with the configured security, the brokers the cluster advertises, every topic
+(partitions, replication, `min.insync.replicas`, `cleanup.policy`), this principal's rights on
+them and on the poller's group, Apizee's REST API with the token. Read only: nothing is created
+or written. What cannot be verified (a broker that reports no authorized operations, such as
+tansu) is SKIP with the reason, never FAIL.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from bridge.commands.cluster import (
     quiet_client_logs,
 )
 from bridge.commands.cluster import probe_broker as _probe_broker
-from bridge.config import BridgeSettings, env_name
+from bridge.config import NO_WEBHOOK_AUTH_FIX, BridgeSettings, env_name
 from bridge.errors import (
     ApizeeAuthError,
     ApizeeError,
@@ -86,6 +88,18 @@ def _fail(item: str, detail: str, fix: str) -> Finding:
     return Finding(Status.FAIL, item, detail, fix)
 
 
+def _skip(item: str, detail: str) -> Finding:
+    return Finding(Status.SKIP, item, detail)
+
+
+# Why rights go unchecked when the broker does not say (KIP-430 added authorized operations to
+# Metadata and DescribeGroups in Kafka 2.3; tansu does not fill them in).
+_NO_AUTHORIZED_OPERATIONS: Final = (
+    "not checked: the broker reports no authorized operations (tansu, or Kafka before 2.3);"
+    " check the ACLs by hand (kafka-acls.sh --list)"
+)
+
+
 class Preflight:
     """Runs the checks in order, printing each finding's line through `out` once known."""
 
@@ -102,6 +116,8 @@ class Preflight:
         self.timeout = timeout
         self.apizee_ticket = apizee_ticket
         self.findings: list[Finding] = []
+        # Topics whose rights the broker did not report: one SKIP line says so for all.
+        self._rights_unknown: list[str] = []
         self.topics = TopicNames(settings.kafka.topic_prefix)
         self.polling = settings.poller.enabled and settings.apizee.base_url is not None
 
@@ -123,14 +139,28 @@ class Preflight:
 
     async def run(self) -> int:
         settings = self.settings
+        auth = settings.auth
+        if auth.methods:
+            auth_text = ", ".join(auth.methods)
+        elif auth.insecure_no_auth:
+            auth_text = f"none ({env_name('auth', 'insecure_no_auth')})"
+        else:
+            auth_text = "not configured"
         self._add(
             _ok(
                 "configuration",
                 f"valid; topics {self.topics.prefix}.*, poller"
-                f" {'on' if self.polling else 'off'}, webhook auth"
-                f" {', '.join(settings.auth.methods) or 'none (insecure)'}",
+                f" {'on' if self.polling else 'off'}, webhook auth {auth_text}",
             )
         )
+        if not auth.methods and not auth.insecure_no_auth:
+            self._add(
+                _fail(
+                    "webhook auth",
+                    "no method configured: `apizee-bridge run` refuses to start without one",
+                    NO_WEBHOOK_AUTH_FIX,
+                )
+            )
         reachable = await self._brokers()
         if reachable:
             await self._cluster()
@@ -175,6 +205,14 @@ class Preflight:
                     brokers = len(info.brokers)
                     for topic in self.required_topics:
                         self._topic(info.topics[topic], configs.get(topic), brokers)
+                    if self._rights_unknown:
+                        self._add(
+                            _skip(
+                                f"rights of {self.principal} on"
+                                f" {_count(len(self._rights_unknown), 'topic')}",
+                                _NO_AUTHORIZED_OPERATIONS,
+                            )
+                        )
                     if self.polling:
                         group = self.settings.poller.group_id
                         self._group(group, await cluster.group_operations(group))
@@ -252,7 +290,13 @@ class Preflight:
             return
         problems: list[tuple[str, str]] = []
         facts = [f"{info.partitions} partitions", f"replication {info.replication}"]
-        if info.partitions != kafka.topic_partitions:
+        # The setting only shapes the topics the bridge creates: existing ones are compared
+        # with it when it is set (replicas and the platform team must agree), not with its
+        # default.
+        if (
+            "topic_partitions" in kafka.model_fields_set
+            and info.partitions != kafka.topic_partitions
+        ):
             problems.append(
                 (
                     f"{info.partitions} partitions, {env_name('kafka', 'topic_partitions')} says"
@@ -280,10 +324,15 @@ class Preflight:
         elif config is not None:
             problems.extend(self._config_problems(topic, info.replication, config, facts))
         problems.extend(self._rights_problems(info, state))
+        rights_unknown = info.may(AclOperation.WRITE) is None
+        if rights_unknown:
+            self._rights_unknown.append(topic)
         if problems:
             what = "; ".join(p for p, _ in problems)
             fix = "; ".join(dict.fromkeys(f for _, f in problems))
             self._add(_fail(item, what, fix))
+        elif rights_unknown:
+            self._add(_ok(item, f"{', '.join(facts)}; rights not reported by the broker"))
         else:
             rights = "write and read" if state else "write"
             self._add(_ok(item, f"{', '.join(facts)}; {self.principal} may {rights}"))
@@ -341,7 +390,6 @@ class Preflight:
     def _rights_problems(self, info: TopicInfo, state: bool) -> list[tuple[str, str]]:
         needed = [AclOperation.WRITE] + ([AclOperation.READ] if state else [])
         missing = [op for op in needed if info.may(op) is False]
-        unknown = [op for op in needed if info.may(op) is None]
         problems = []
         if missing:
             ops = " and ".join(op.name for op in missing)
@@ -353,13 +401,6 @@ class Preflight:
                     f" --topic {info.name}",
                 )
             )
-        if unknown:
-            problems.append(
-                (
-                    "the broker does not report authorized operations (Kafka before 2.3)",
-                    "check the ACLs by hand (kafka-acls.sh --list)",
-                )
-            )
         return problems
 
     def _group(self, group: str, operations: frozenset[AclOperation] | None) -> None:
@@ -368,13 +409,7 @@ class Preflight:
             self._add(_ok(item, f"{self.principal} may read it (the poller joins it)"))
             return
         if operations is None:
-            self._add(
-                _fail(
-                    item,
-                    "the broker does not report authorized operations (Kafka before 2.3)",
-                    "check the ACLs by hand (kafka-acls.sh --list --group ...)",
-                )
-            )
+            self._add(_skip(item, _NO_AUTHORIZED_OPERATIONS))
             return
         self._add(
             _fail(

@@ -382,6 +382,23 @@ def test_insecure_flag_allows_no_authentication(monkeypatch: pytest.MonkeyPatch)
     assert settings.auth.methods == ()
 
 
+def test_commands_that_serve_no_webhooks_need_no_auth_method(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_env(monkeypatch, BRIDGE_KAFKA_BOOTSTRAP_SERVERS="kafka:9092")
+    settings = load_settings(require_webhook_auth=False)
+    assert settings.auth.methods == ()
+    assert settings.auth.insecure_no_auth is False
+    assert settings.kafka.bootstrap_servers == "kafka:9092"
+    # Only that one requirement is lifted, and only for that call.
+    with pytest.raises(ConfigError, match="no webhook authentication configured"):
+        load_settings()
+    message = config_error(monkeypatch, BRIDGE_AUTH_BASIC_USERNAME="apizee")
+    assert error_vars(message) == {"BRIDGE_AUTH_BASIC_PASSWORD"}
+    with pytest.raises(ConfigError, match="BRIDGE_AUTH_BASIC_PASSWORD: set both"):
+        load_settings(require_webhook_auth=False)
+
+
 def test_insecure_flag_with_a_method_is_contradictory(monkeypatch: pytest.MonkeyPatch) -> None:
     message = config_error(
         monkeypatch, BRIDGE_AUTH_INSECURE_NO_AUTH="true", BRIDGE_AUTH_TOKEN=SECRET

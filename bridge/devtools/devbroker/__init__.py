@@ -1,7 +1,8 @@
 """Throwaway Kafka brokers on loopback ports, for the tests and `make run` (dev tooling only).
 
 `KafkaCluster` runs Apache Kafka (KRaft, 1 or 3 nodes, optional SASL/TLS/ACLs) from the jars
-that `make kafka` resolves; `TansuBroker` runs tansu, the one-second broker of `make run`.
+that `make kafka` resolves (also `make run`'s broker); `TansuBroker` runs tansu, `make run`'s
+broker where Java or those jars are missing.
 """
 
 from bridge.devtools.devbroker._local import (

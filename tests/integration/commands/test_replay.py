@@ -524,3 +524,18 @@ async def test_bad_arguments_exit_2(kafka_bootstrap: str, topic_prefix: str) -> 
     ran = await run_cli("replay", "--from", "dlq", env={**env, "BRIDGE_KAFKA_LINGER_MS": "x"})
     assert ran.code == 2, ran
     assert "BRIDGE_KAFKA_LINGER_MS" in ran.stderr
+
+
+async def test_a_dry_run_needs_kafka_settings_alone(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """replay serves no webhooks: no webhook auth method need be configured."""
+    park(kafka_bootstrap, topic_prefix, [webhook_letter(501, 361)])
+    env = {
+        name: value
+        for name, value in command_env(kafka_bootstrap, topic_prefix).items()
+        if not name.startswith("BRIDGE_AUTH_")
+    }
+    ran = await run_cli("replay", "--from", "dlq", "--dry-run", env=env)
+    assert ran.code == 0, ran
+    assert summary_of(ran)["would publish"] == 1, ran

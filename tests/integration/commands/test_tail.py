@@ -232,3 +232,17 @@ async def test_bad_arguments_exit_2(kafka_bootstrap: str, topic_prefix: str) -> 
         ran = await run_cli("tail", *args, env=env)
         assert ran.code == 2, (args, str(ran))
         assert message in ran.stderr, (args, ran.stderr)
+
+
+async def test_kafka_settings_alone_are_enough(kafka_bootstrap: str, topic_prefix: str) -> None:
+    """tail only reads Kafka: no webhook auth method need be configured."""
+    async with running_bridge(bridge_settings(kafka_bootstrap, topic_prefix)) as bridge:
+        await post_all(bridge, [webhook("ticket.new", event_id=100, ticket_id=361)])
+    env = {
+        name: value
+        for name, value in command_env(kafka_bootstrap, topic_prefix).items()
+        if not name.startswith("BRIDGE_AUTH_")
+    }
+    ran = await run_cli("tail", "--from-beginning", "--count", "1", env=env)
+    assert ran.code == 0, ran
+    assert "key=361 ticket.new id=100 source=WEBHOOK" in ran.stdout, ran
