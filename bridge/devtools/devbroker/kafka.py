@@ -59,7 +59,7 @@ _SCRAM_MECHANISMS: Final = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 # Users go into a JAAS line and the storage tool's --add-scram argument: keep them plain.
 _SIMPLE_WORD: Final = re.compile(r"[A-Za-z0-9_.-]+")
 
-_REPO: Final = Path(__file__).resolve().parents[2]
+_REPO: Final = Path(__file__).resolve().parents[3]
 _LIBS_ENV: Final = "BRIDGE_KAFKA_LIBS"
 
 
