@@ -22,7 +22,7 @@ CCOMPAT_PATH: Final = "/apis/ccompat/v7"
 _LOOPBACK: Final = "127.0.0.1"
 _POLL_INTERVAL: Final = 0.1
 _DEFAULT_JAR: Final = (
-    Path(__file__).resolve().parents[1]
+    Path(__file__).resolve().parents[2]
     / "devregistry"
     / "server"
     / "target"
