@@ -191,7 +191,10 @@ class KafkaSettings(_Section):
         gt=0,
         description=(
             "How long a webhook waits for the broker acknowledgement before the bridge answers"
-            " 503 with Retry-After (the sender retries, the poller fills the gap)."
+            " 503 `publish_timeout` with Retry-After. Such a 503 means *maybe stored*: the"
+            " record may still be written. A retry of the same event id meanwhile waits for"
+            " that record (at most this long again) instead of writing a second copy, and is"
+            " answered `duplicate` once it landed."
         ),
     )
     retry_backoff_ms: int = Field(

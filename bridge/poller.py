@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import structlog
@@ -25,7 +26,13 @@ from bridge.apizee import TicketEvents
 from bridge.catalog import EVENTS, TERMINAL_EVENT_TYPES, UNKNOWN_CATEGORY, category_of
 from bridge.config import PollerSettings
 from bridge.dedupe import RecentIds
-from bridge.errors import ApizeeError, InvalidEventError, PublishError, RecordTooLargeError
+from bridge.errors import (
+    ApizeeError,
+    InvalidEventError,
+    PublishError,
+    PublishTimeoutError,
+    RecordTooLargeError,
+)
 from bridge.models import RestEvent, Source, from_rest
 from bridge.publisher import Publisher
 from bridge.state import StateStore, StateSync, now_ms
@@ -344,17 +351,23 @@ class Poller:
                 fetched, item.model_dump_json().encode(), exc.kind, exc.reason, result
             )
             return
-        if not await self._dedupe.claim(event.event_id):
+        within = self._publisher.publish_timeout
+        if not await self._dedupe.claim(event.event_id, within):
             # Published by this process meanwhile (the dedupe window holds only published
             # ids): make sure the state knows it too, or every later poll finds it again.
             self._store.record(ticket_id, event.event_id, event.event_type, event.occurred_at_ms)
             result.present += 1
             return
         published = False
+        landing = None
         publishing = asyncio.ensure_future(self._publisher.publish(event))
         try:
             await asyncio.shield(publishing)
             published = True
+        except PublishTimeoutError as exc:
+            # Maybe stored: the id stays claimed until the record's outcome is known.
+            landing = exc.landing
+            raise
         except RecordTooLargeError as exc:
             # Never fits its topic: kept raw on the DLQ instead of being tried every poll.
             log.warning("poll_record_too_large", ticket_id=ticket_id, reason=exc.reason)
@@ -369,7 +382,20 @@ class Poller:
             published = not publishing.cancelled() and publishing.exception() is None
             raise
         finally:
-            self._dedupe.release(event.event_id, published)
+            if landing is not None:
+                self._dedupe.release_when_landed(
+                    event.event_id,
+                    landing,
+                    partial(
+                        self._store.record,
+                        ticket_id,
+                        event.event_id,
+                        event.event_type,
+                        event.occurred_at_ms,
+                    ),
+                )
+            else:
+                self._dedupe.release(event.event_id, published)
             if published:
                 self._store.record(
                     ticket_id, event.event_id, event.event_type, event.occurred_at_ms

@@ -356,6 +356,11 @@ class Publisher:
         return self._healthy
 
     @property
+    def publish_timeout(self) -> float:
+        """Seconds a publish waits for its acknowledgement (then PublishTimeoutError)."""
+        return self._timeout
+
+    @property
     def not_ready_reason(self) -> str | None:
         # Both when both hold: a broker answers metadata on the connection that carries the
         # produce requests, one request at a time, so produce requests waiting for replicas
@@ -763,6 +768,8 @@ class Publisher:
             self._sweeper = loop.create_task(self._sweep(), name="publish-deadlines")
         cancelling = task.cancelling()
         self._in_flight += 1
+        # The record once the producer holds it: after a timeout it may still be written.
+        ack: asyncio.Future[Any] | None = None
         try:
             try:
                 ack = await producer.send(topic, value, key=key, headers=headers)
@@ -782,7 +789,10 @@ class Publisher:
         except TimeoutError:
             metrics.PUBLISH_ERRORS.labels(kind="timeout").inc()
             self._failed(f"no acknowledgement within {self._timeout:g}s")
-            raise PublishTimeoutError(f"no acknowledgement within {self._timeout}s") from None
+            # Cancelled inside send(): the producer never took the record (landing None).
+            raise PublishTimeoutError(
+                f"no acknowledgement within {self._timeout}s", landing=ack
+            ) from None
         except _TOO_LARGE:
             # The topic's limit was lowered since it was read. Definitive only if this record
             # alone exceeds the limit read now: it may have shared the refused batch with
