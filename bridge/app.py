@@ -33,7 +33,7 @@ from bridge.ingress import AccessLogger, Ingress, build_admin_app, build_public_
 from bridge.logs import configure_logging
 from bridge.models import CanonicalEvent
 from bridge.poller import Poller, PollResult
-from bridge.publisher import Publisher, connection_kwargs
+from bridge.publisher import Publisher, group_connection_kwargs
 from bridge.registry import SchemaRegistration, SchemaToRegister, subject_name
 from bridge.state import StateStore, StateSync
 
@@ -89,7 +89,7 @@ def _state(
         publisher.topics.state,
         settings.poller,
         publisher.publish_state,
-        connection_kwargs(settings.kafka),
+        group_connection_kwargs(settings.kafka),
         topic_ready=publisher.wait_ready if in_group else None,
     )
     return store, sync

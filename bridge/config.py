@@ -182,9 +182,18 @@ class KafkaSettings(_Section):
         description="Compression of producer batches: none, gzip, lz4, zstd or snappy.",
     )
     request_timeout_ms: int = Field(
-        default=30000,
+        default=3000,
         ge=1,
-        description="How long the producer waits for a broker response before retrying (ms).",
+        description=(
+            "How long the producer waits for a broker's answer before it gives up on that"
+            " request, reconnects and sends it again (ms; the idempotent producer makes the"
+            " resend harmless). It bounds what a hung broker (frozen, not dead: its"
+            " connections stay open) costs the partitions it led: their records wait for the"
+            " requests in flight to it, so they reach the new leader at most this long after"
+            " Kafka's failover. Kafka's client default (30000) made a frozen leader cost up"
+            " to 30 s. Consumers in a group wait at least 30000 (a JoinGroup lasts a whole"
+            " rebalance). Metadata is asked of every broker at once; the first answer counts."
+        ),
     )
     publish_timeout_seconds: float = Field(
         default=10.0,

@@ -44,6 +44,7 @@ from bridge.errors import (
     RecordTooLargeError,
     SchemasNotRegisteredError,
 )
+from bridge.metadata import ask_every_broker
 from bridge.models import CanonicalEvent
 
 log = structlog.get_logger(__name__)
@@ -122,6 +123,18 @@ class _Route:
     topic_kind: str
     event_type_header: bytes
     fingerprint_header: bytes
+
+
+# A JoinGroup waits on the broker for the whole rebalance (up to the session timeout of a
+# member that died): a client in a group must wait longer than the producer's short timeout.
+GROUP_REQUEST_TIMEOUT_MS: Final = 30_000
+
+
+def group_connection_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """connection_kwargs() for a consumer that joins a group (see GROUP_REQUEST_TIMEOUT_MS)."""
+    kwargs = connection_kwargs(settings)
+    kwargs["request_timeout_ms"] = max(settings.request_timeout_ms, GROUP_REQUEST_TIMEOUT_MS)
+    return kwargs
 
 
 def connection_kwargs(settings: KafkaSettings) -> dict[str, Any]:
@@ -439,6 +452,8 @@ class Publisher:
                 None if settings.compression_type == "none" else settings.compression_type
             ),
         )
+        # A hung broker must not hold the metadata refreshes that find its replacements.
+        ask_every_broker(producer.client)
         try:
             await producer.start()
         except BaseException:

@@ -152,7 +152,10 @@ async def test_a_retry_of_a_timed_out_publish_waits_for_it_and_is_a_duplicate_on
         finally:
             await asyncio.to_thread(own_kafka.resume, 1)
         landed = await _post_until_not_503(bridge, body, RECOVER_WITHIN)
-        later = await bridge.post(webhook("ticket.approved", event_id=3, ticket_id=10))
+        # Readiness may lag the resume by a health check: a sender retries its 503s.
+        later = await _post_until_not_503(
+            bridge, webhook("ticket.approved", event_id=3, ticket_id=10), RECOVER_WITHIN
+        )
 
     assert timed_out.status == 503, timed_out
     assert timed_out.json()["reason"] == "Kafka did not acknowledge: publish_timeout", timed_out

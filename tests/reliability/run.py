@@ -1,7 +1,8 @@
 """`make reliability`: every scenario at full size on Apache Kafka, and the table.
 
 Scenario 1 kills the only node of a single-node cluster; the others share a 3-node cluster
-(topics at replication factor 3, min.insync.replicas=2), where 7-9 fail nodes under load.
+(topics at replication factor 3, min.insync.replicas=2), where 7-10 kill, restart or freeze
+nodes under load.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ async def run_all(
                 show(await step())
         if wanted("9"):
             show((await cluster.isr_outage(kafka3, f"{stamp}.9", logs, load)).row)
+        if wanted("10"):
+            show((await cluster.leader_frozen(kafka3, f"{stamp}.10", logs)).row)
     rows.append(SLOWLORIS_ROW)
     return rows
 
