@@ -217,3 +217,9 @@ class SchemaRejectedError(SchemaRegistryError):
         )
         self.subject = subject
         self.registry_message = registry_message
+
+
+class TransactionsUnavailableError(BridgeError):
+    """exactly_once was asked for, but the cluster cannot run Kafka transactions (a broker
+    without them, such as tansu, or no right to a transactional id): the bridge refuses to
+    start rather than run with a weaker guarantee than configured."""

@@ -73,6 +73,20 @@ class Schemas(Protocol):
     def not_ready_reason(self) -> str | None: ...
 
 
+class EventSink(Protocol):
+    """Where events go: the Publisher (at_least_once), or exactly_once's intake, whose
+    publish() returns once the transaction holding the event committed."""
+
+    async def publish(self, event: CanonicalEvent) -> None: ...
+
+
+class Delivery(Protocol):
+    """exactly_once: the intake group's member (bridge.exactly_once.ExactlyOnce)."""
+
+    @property
+    def not_ready_reason(self) -> str | None: ...
+
+
 @dataclass
 class Ingress:
     """What the webhook handler needs, shared with the admin app for readiness."""
@@ -83,6 +97,9 @@ class Ingress:
     dedupe: RecentIds
     tracker: Tracker | None = None
     schemas: Schemas | None = None
+    # exactly_once: the intake (events go through it) and its engine (readiness).
+    sink: EventSink | None = None
+    delivery: Delivery | None = None
     shutting_down: bool = field(default=False)
     # Webhooks being handled now; the gauge samples it (see sample_gauges).
     in_flight: int = field(default=0)
@@ -101,6 +118,8 @@ class Ingress:
         reason = self.publisher.not_ready_reason
         if reason is None and self.schemas is not None:
             reason = self.schemas.not_ready_reason
+        if reason is None and self.delivery is not None:
+            reason = self.delivery.not_ready_reason
         if reason is None and self.tracker is not None:
             reason = self.tracker.not_ready_reason
         return reason
@@ -318,7 +337,7 @@ async def _receive(
     published = False
     landing = None
     try:
-        await ingress.publisher.publish(event)
+        await (ingress.sink or ingress.publisher).publish(event)
         published = True
     except PublishTimeoutError as exc:
         # Maybe stored: the id stays claimed until the record's outcome is known.

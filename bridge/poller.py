@@ -33,7 +33,7 @@ from bridge.errors import (
     PublishTimeoutError,
     RecordTooLargeError,
 )
-from bridge.models import RestEvent, Source, from_rest
+from bridge.models import CanonicalEvent, RestEvent, Source, from_rest
 from bridge.publisher import Publisher
 from bridge.state import StateStore, StateSync, now_ms
 
@@ -43,6 +43,12 @@ log = structlog.get_logger(__name__)
 def _rejection_key(raw: bytes) -> str:
     """Identity of a rejected item, so that each reaches the DLQ once per ticket."""
     return hashlib.sha256(raw).hexdigest()[:16]
+
+
+class EventSink(Protocol):
+    """Where gaps are published: the Publisher, or exactly_once's intake."""
+
+    async def publish(self, event: CanonicalEvent) -> None: ...
 
 
 class EventLister(Protocol):
@@ -82,10 +88,13 @@ class Poller:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        sink: EventSink | None = None,
     ) -> None:
         self._settings = settings
         self._lister = lister
         self._publisher = publisher
+        # exactly_once: gaps go through the intake like webhooks (see bridge.exactly_once).
+        self._sink: EventSink = sink or publisher
         self._store = store
         self._dedupe = dedupe
         self._clock = clock
@@ -360,7 +369,7 @@ class Poller:
             return
         published = False
         landing = None
-        publishing = asyncio.ensure_future(self._publisher.publish(event))
+        publishing = asyncio.ensure_future(self._sink.publish(event))
         try:
             await asyncio.shield(publishing)
             published = True

@@ -51,6 +51,9 @@ log = structlog.get_logger(__name__)
 
 DLQ_SUFFIX: Final = "dlq"
 STATE_SUFFIX: Final = "bridge-state"
+# exactly_once: what the replicas' intake group reads, and its owners' dedupe state.
+INTAKE_SUFFIX: Final = "intake"
+INTAKE_STATE_SUFFIX: Final = "intake-state"
 # The state topic keeps the latest record per ticket; older ones may be compacted away.
 _STATE_TOPIC_CONFIG: Final = {"cleanup.policy": "compact"}
 # Replication of created topics when the setting is -1: this, or fewer on a smaller cluster.
@@ -89,6 +92,14 @@ class TopicNames:
     def state(self) -> str:
         return self.category(STATE_SUFFIX)
 
+    @property
+    def intake(self) -> str:
+        return self.category(INTAKE_SUFFIX)
+
+    @property
+    def intake_state(self) -> str:
+        return self.category(INTAKE_STATE_SUFFIX)
+
     def events(self) -> list[str]:
         """The topics events and dead letters go to."""
         return [self.category(c) for c in (*CATEGORIES, UNKNOWN_CATEGORY, DLQ_SUFFIX)]
@@ -111,6 +122,18 @@ def _ack_done(waiter: asyncio.Future[None], ack: asyncio.Future[Any]) -> None:
         waiter.set_result(None)
     elif not ack.cancelled():
         ack.exception()  # abandoned (timed out): its outcome is not "never retrieved"
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One event's record, encoded for its topic (Publisher.event_record)."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    route: _Route
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +283,7 @@ class Publisher:
         health_interval: float = 2.0,
         on_acked: Callable[[CanonicalEvent], None] | None = None,
         state_topic: bool = False,
+        intake_topics: bool = False,
         schemas_pending: bool = False,
     ) -> None:
         self._settings = settings
@@ -281,6 +305,10 @@ class Publisher:
         self.topics = TopicNames(settings.topic_prefix)
         # The topics this publisher needs (and creates when allowed).
         self.required_topics = self.topics.events() + ([self.topics.state] if state_topic else [])
+        if intake_topics:
+            self.required_topics += [self.topics.intake, self.topics.intake_state]
+        # Keyed by ticket, the latest record of each is all that counts: compacted.
+        self._compacted = {self.topics.state, self.topics.intake_state}
         self._routes = self._build_routes()
         # Metric children by label values, looked up once each (off the hot path).
         self._published_by = metrics.Children(metrics.EVENTS_PUBLISHED)
@@ -484,7 +512,7 @@ class Publisher:
                         settings.topic_partitions,
                         replication,
                         topic_configs=(
-                            {**_STATE_TOPIC_CONFIG, **limit} if t == self.topics.state else limit
+                            {**_STATE_TOPIC_CONFIG, **limit} if t in self._compacted else limit
                         ),
                     )
                     for t in missing
@@ -702,6 +730,17 @@ class Publisher:
 
         `extra_headers` follow the usual four (`replay` adds where the record came from).
         """
+        record = self.event_record(event, extra_headers=extra_headers)
+        await self._send(
+            record.topic, record.key, record.value, record.headers, record.route.topic_kind
+        )
+        self.count_published(record)
+
+    def event_record(
+        self, event: CanonicalEvent, *, extra_headers: Sequence[tuple[str, bytes]] = ()
+    ) -> EventRecord:
+        """The record of one event on its topic, encoded, not sent (exactly_once sends it
+        through the intake topic)."""
         route = self._routes.get(event.event_type)
         if route is None:
             # An eventType the catalog lacks: the generic schema's route, the event's own type.
@@ -724,10 +763,34 @@ class Publisher:
             *extra_headers,
         ]
         key = str(event.ticket_id).encode()
-        await self._send(route.topic, key, value, headers, route.topic_kind)
-        self._published_by(route.category, route.event_type_label, event.source.value).inc()
+        return EventRecord(route.topic, key, value, headers, route, event.source.value)
+
+    def check_fits(self, record: EventRecord) -> None:
+        """RecordTooLargeError if `record` can never fit its topic (before sending it
+        elsewhere first: exactly_once's intake)."""
+        size = record_size(record.key, record.value, record.headers)
+        limit = self.record_limit(record.topic)
+        if size > limit:
+            metrics.PUBLISH_ERRORS.labels(kind="too_large").inc()
+            raise RecordTooLargeError(record.topic, size, limit)
+
+    def count_published(self, record: EventRecord) -> None:
+        """Count an event as published (once its record is acknowledged, or committed)."""
+        route = record.route
+        self._published_by(route.category, route.event_type_label, record.source).inc()
         if route.topic_kind == UNKNOWN_CATEGORY:
             metrics.UNKNOWN_EVENTS.inc()
+
+    async def send_record(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        topic_kind: str,
+    ) -> Any:
+        """Send one record as it is; its RecordMetadata (partition, offset) once acknowledged."""
+        return await self._send(topic, key, value, headers, topic_kind)
 
     async def publish_dlq(
         self, body: bytes, *, kind: str, reason: str, headers: Mapping[str, str]
@@ -755,7 +818,7 @@ class Publisher:
         value: bytes | None,
         headers: list[tuple[str, bytes]],
         topic_kind: str,
-    ) -> None:
+    ) -> Any:
         size = record_size(key, value, headers)
         limit = self.record_limit(topic)
         if size > limit:
@@ -794,7 +857,7 @@ class Publisher:
                     waiter: asyncio.Future[None] = loop.create_future()
                     ack.add_done_callback(partial(_ack_done, waiter))
                     await waiter
-                ack.result()
+                metadata = ack.result()
             except asyncio.CancelledError:
                 if deadline.expired and task.uncancel() <= cancelling:
                     raise TimeoutError from None
@@ -836,3 +899,4 @@ class Publisher:
             self._in_flight -= 1
         self._failing_since = None
         self._duration_by(topic_kind).observe(time.perf_counter() - started)
+        return metadata
