@@ -28,7 +28,7 @@ from bridge.auth import Authenticator
 from bridge.codec import Codec
 from bridge.config import BridgeSettings, SchemaSettings
 from bridge.dedupe import RecentIds
-from bridge.errors import SchemaRejectedError
+from bridge.errors import SchemaRejectedError, TransactionsUnavailableError
 from bridge.exactly_once import ExactlyOnce, IntakeSink
 from bridge.ingress import AccessLogger, Ingress, build_admin_app, build_public_app
 from bridge.logs import configure_logging
@@ -428,7 +428,7 @@ def _worker_main(settings: BridgeSettings) -> None:
 
     try:
         uvloop.run(serve(settings, reuse_port=True))
-    except SchemaRejectedError:
+    except (SchemaRejectedError, TransactionsUnavailableError):
         # Logged once where it happened; no traceback on top of that line.
         raise SystemExit(2) from None
 

@@ -196,6 +196,9 @@ class PartitionOwner:
         self.written = 0
         self.closed = False
         self.recovering: asyncio.Task[None] | None = None
+        # The engine's fetch round when open() sought the committed offset: records of that
+        # round or before were fetched from the old position and are not for this opening.
+        self.opened_round = 0
 
     async def open(self) -> None:
         """Fence the last owner, restore the dedupe state, resume at the committed offset."""
@@ -238,12 +241,14 @@ class PartitionOwner:
         else:
             consumer.seek(self.tp, committed)
             engine.watch.committed(self.partition, committed)
+        self.opened_round = engine.fetch_round
         self.ready = True
         log.info(
             "intake_partition_owned",
             partition=self.partition,
             tickets=len(self.tickets),
             offset=committed,
+            owned=engine.owned(),
         )
 
     async def close(self) -> None:
@@ -385,6 +390,13 @@ class ExactlyOnce:
         self._task: asyncio.Task[None] | None = None
         self._joined = False
         self.problem: str | None = None
+        # getmany() calls that returned: tells batches fetched before a seek (PartitionOwner
+        # .opened_round) from those fetched after.
+        self.fetch_round = 0
+
+    def owned(self) -> list[int]:
+        """The intake partitions whose owner is open (writing transactions) now."""
+        return sorted(p for p, owner in self.owners.items() if owner.ready)
 
     @property
     def not_ready_reason(self) -> str | None:
@@ -401,7 +413,10 @@ class ExactlyOnce:
         if task.cancelled() or self.fatal.done():
             return
         exc = task.exception()
-        if exc is not None:
+        if isinstance(exc, TransactionsUnavailableError):
+            log.error("exactly_once_unavailable", reason=str(exc))
+            self.fatal.set_exception(exc)
+        elif exc is not None:
             log.error("intake_engine_failed", error=type(exc).__name__, exc_info=exc)
             self.fatal.set_exception(exc)
 
@@ -520,16 +535,19 @@ class ExactlyOnce:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _RETRY_MAX_SECONDS)
                 continue
+            self.fetch_round += 1
+            fetched = self.fetch_round
             self.problem = None
             self._joined = True
             backoff = 0.5
             for tp, records in batches.items():
                 owner = self.owners.get(tp.partition)
                 if owner is None or not owner.ready:
-                    # Not ours, or being recovered: it seeks back to the committed offset.
+                    # Not ours, or being opened: it seeks to the committed offset.
                     continue
                 async with owner.lock:
-                    if not owner.ready:
+                    if not owner.ready or fetched <= owner.opened_round:
+                        # Fetched before open() sought the committed offset: fetched again.
                         continue
                     try:
                         await owner.process(records)
@@ -576,6 +594,10 @@ class ExactlyOnce:
             # the group takes the partition from us at our next heartbeat. Fence back only
             # if it does not (a transaction Kafka timed out).
             await asyncio.sleep(_FENCED_GRACE_SECONDS)
+        await self._open(owner)
+
+    async def _open(self, owner: PartitionOwner) -> None:
+        """Open an owner, again and again while Kafka refuses, as long as it is ours."""
         backoff = 0.5
         while not owner.closed and self.owners.get(owner.partition) is owner:
             consumer = self.consumer
@@ -601,17 +623,18 @@ class ExactlyOnce:
     # -- the group ------------------------------------------------------------------------
 
     async def on_assigned(self, partitions: set[int]) -> None:
+        # Opened in the background, all at once: a restore may take a while, and this
+        # callback holds the group's heartbeats (a slow one would cost the assignment).
+        # Their records wait: an owner seeks to its committed offset once it is open.
         for partition in sorted(partitions):
             if partition in self.owners:
                 continue
             owner = PartitionOwner(self, partition)
             self.owners[partition] = owner
             self.watch.local.add(partition)
-            try:
-                async with owner.lock:
-                    await owner.open()
-            except Exception as exc:
-                self._failed(owner, exc)
+            owner.recovering = asyncio.create_task(
+                self._open(owner), name=f"intake-open-{partition}"
+            )
         metrics.INTAKE_PARTITIONS_OWNED.set(len(self.owners))
 
     async def on_revoked(self, partitions: set[int]) -> None:
@@ -622,7 +645,7 @@ class ExactlyOnce:
                 await self._release(owner, commit=True)
         metrics.INTAKE_PARTITIONS_OWNED.set(len(self.owners))
         if partitions:
-            log.info("intake_partitions_revoked", partitions=sorted(partitions))
+            log.info("intake_partitions_revoked", partitions=sorted(partitions), owned=self.owned())
 
     async def _release(self, owner: PartitionOwner, *, commit: bool) -> None:
         """Hand a partition over: its open transaction committed (its waiters answered)
