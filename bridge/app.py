@@ -29,7 +29,7 @@ from bridge.codec import Codec
 from bridge.config import BridgeSettings, SchemaSettings
 from bridge.dedupe import RecentIds
 from bridge.errors import SchemaRejectedError, TransactionsUnavailableError
-from bridge.exactly_once import ExactlyOnce, IntakeSink
+from bridge.exactly_once import CommitWatch, ExactlyOnce, IntakeSink
 from bridge.ingress import AccessLogger, Ingress, build_admin_app, build_public_app
 from bridge.logs import configure_logging
 from bridge.models import CanonicalEvent
@@ -239,11 +239,13 @@ async def backfill(
     codec = Codec()
     dedupe = RecentIds(settings.dedupe.window_seconds, settings.dedupe.max_entries)
     registry_mode = settings.schema.registry_url is not None
+    exact = settings.delivery.guarantee == "exactly_once"
     publisher = Publisher(
         settings.kafka,
         codec,
         max_body_bytes=settings.ingress.max_body_bytes,
         state_topic=True,
+        intake_topics=exact,
         schemas_pending=registry_mode,
     )
     await publisher.start()
@@ -267,8 +269,16 @@ async def backfill(
             raise BackfillError(str(exc)) from None
         store, sync = _state(settings, publisher, in_group=False)
         await sync.restore_all(await publisher.partition_count(publisher.topics.state))
+        sink = None
+        if exact:
+            # Through the intake like the webhooks: the running replicas' owners write each
+            # event once; a gap is done when its transaction committed.
+            watch = CommitWatch(settings, publisher.topics.intake)
+            await watch.start()
+            stack.push_async_callback(watch.stop)
+            sink = IntakeSink(publisher, watch)
         async with ApizeeClient(settings.apizee) as client:
-            poller = Poller(settings.poller, client, publisher, store, dedupe)
+            poller = Poller(settings.poller, client, publisher, store, dedupe, sink=sink)
             semaphore = asyncio.Semaphore(settings.poller.concurrency)
 
             async def one(ticket_id: int) -> PollResult:

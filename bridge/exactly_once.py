@@ -52,6 +52,7 @@ _BATCH: Final = 5000
 # zombie learns it at its next heartbeat) before fencing back (a transaction timed out).
 _FENCED_GRACE_SECONDS: Final = 3.0
 _RETRY_MAX_SECONDS: Final = 5.0
+_SWEEP_SECONDS: Final = 60.0
 # Answers to InitProducerId that say the cluster can run transactions after a while.
 _TRANSIENT: Final = (KafkaConnectionError, NodeNotReadyError, RequestTimedOutError, TimeoutError)
 _FENCED: Final = (ProducerFenced,)
@@ -199,6 +200,7 @@ class PartitionOwner:
         # The engine's fetch round when open() sought the committed offset: records of that
         # round or before were fetched from the old position and are not for this opening.
         self.opened_round = 0
+        self.next_sweep = time.monotonic() + _SWEEP_SECONDS
 
     async def open(self) -> None:
         """Fence the last owner, restore the dedupe state, resume at the committed offset."""
@@ -311,12 +313,17 @@ class PartitionOwner:
             await producer.send(
                 topic, state.encode(), key=str(ticket_id).encode(), partition=self.partition
             )
-        horizon = now_ms() - int(engine.settings.delivery.horizon_hours * 3_600_000)
-        expired = [t for t, s in self.tickets.items() if s.last_event_ms < horizon]
-        for ticket_id in expired[:1000]:
-            # Past the horizon: forgotten here and, once compacted, in the topic.
-            await producer.send(topic, None, key=str(ticket_id).encode(), partition=self.partition)
-            del self.tickets[ticket_id]
+        now = time.monotonic()
+        if now >= self.next_sweep:
+            # Past the horizon: forgotten here and, once compacted, in the topic. A scan of
+            # every ticket, so once a minute, not at every commit.
+            self.next_sweep = now + _SWEEP_SECONDS
+            horizon = now_ms() - int(engine.settings.delivery.horizon_hours * 3_600_000)
+            expired = [t for t, s in self.tickets.items() if s.last_event_ms < horizon]
+            for ticket_id in expired:
+                key = str(ticket_id).encode()
+                await producer.send(topic, None, key=key, partition=self.partition)
+                del self.tickets[ticket_id]
         if self.next_offset is not None:
             await producer.send_offsets_to_transaction(
                 {self.tp: self.next_offset}, intake_group(engine.settings)

@@ -220,8 +220,15 @@ async def _row(
 # -- the leader of a busy partition SIGKILLed mid-load ---------------------------------------
 
 
-async def leader_kill(cluster: KafkaCluster, prefix: str, logs: Path, size: LoadSize) -> Row:
-    async with bridge_on(cluster, prefix, logs) as (_, client):
+async def leader_kill(
+    cluster: KafkaCluster,
+    prefix: str,
+    logs: Path,
+    size: LoadSize,
+    guarantee: str = "at_least_once",
+) -> Row:
+    variables = {"BRIDGE_DELIVERY_GUARANTEE": guarantee}
+    async with bridge_on(cluster, prefix, logs, **variables) as (_, client):
         load = Load(client.webhook_url, bodies(size), size.concurrency)
         sending = asyncio.create_task(load.run())
         await _until(lambda: len(load.acked) >= size.webhooks // 3, 120, "a third acked")
@@ -232,6 +239,7 @@ async def leader_kill(cluster: KafkaCluster, prefix: str, logs: Path, size: Load
         acked_at_kill = len(load.acked)
         await sending
         row = await _row("7 partition leader SIGKILLed", cluster, prefix, load, size, fault_at)
+        row.guarantee = guarantee
     await asyncio.to_thread(cluster.start_node, leader)
     row.details.update(killed_node=leader, acked_before_kill=acked_at_kill)
     row.note = f"node {leader} (leader of {topic}-0) killed after {acked_at_kill} acks; " + row.note
@@ -241,9 +249,16 @@ async def leader_kill(cluster: KafkaCluster, prefix: str, logs: Path, size: Load
 # -- every node restarted in turn under load -------------------------------------------------
 
 
-async def rolling_restart(cluster: KafkaCluster, prefix: str, logs: Path, size: LoadSize) -> Row:
+async def rolling_restart(
+    cluster: KafkaCluster,
+    prefix: str,
+    logs: Path,
+    size: LoadSize,
+    guarantee: str = "at_least_once",
+) -> Row:
     topics = TopicNames(prefix).events()
-    async with bridge_on(cluster, prefix, logs) as (_, client):
+    variables = {"BRIDGE_DELIVERY_GUARANTEE": guarantee}
+    async with bridge_on(cluster, prefix, logs, **variables) as (_, client):
         load = Load(client.webhook_url, bodies(size), size.concurrency)
         sending = asyncio.create_task(load.run())
         await _until(lambda: len(load.acked) >= size.webhooks // 10, 120, "a tenth acked")
@@ -260,6 +275,7 @@ async def rolling_restart(cluster: KafkaCluster, prefix: str, logs: Path, size: 
         restart_seconds = time.monotonic() - fault_at
         await sending
         row = await _row("8 rolling restart of 3 nodes", cluster, prefix, load, size, fault_at)
+        row.guarantee = guarantee
     row.details.update(restarted=restarted)
     row.note = f"{restarted} nodes restarted in {restart_seconds:.0f}s; " + row.note
     return row
@@ -277,11 +293,20 @@ class IsrOutage:
 
 
 async def isr_outage(
-    cluster: KafkaCluster, prefix: str, logs: Path, size: LoadSize, outage_seconds: float = 15.0
+    cluster: KafkaCluster,
+    prefix: str,
+    logs: Path,
+    size: LoadSize,
+    outage_seconds: float = 15.0,
+    guarantee: str = "at_least_once",
 ) -> IsrOutage:
     """Two nodes killed: no write can reach min.insync.replicas=2. The bridge must answer 503
     (never 200), say why on /readyz, and publish again by itself once one node is back."""
-    async with bridge_on(cluster, prefix, logs, BRIDGE_KAFKA_PUBLISH_TIMEOUT_SECONDS="3") as (
+    variables = {
+        "BRIDGE_KAFKA_PUBLISH_TIMEOUT_SECONDS": "3",
+        "BRIDGE_DELIVERY_GUARANTEE": guarantee,
+    }
+    async with bridge_on(cluster, prefix, logs, **variables) as (
         process,
         client,
     ):
@@ -321,6 +346,7 @@ async def isr_outage(
         merged.ok_times = [*during.ok_times, *after.ok_times]
         merged.started, merged.ended = fault_at, time.monotonic()
         row = await _row("9 2 of 3 nodes down (ISR<min)", cluster, prefix, merged, size, fault_at)
+        row.guarantee = guarantee
     await asyncio.to_thread(cluster.start_node, down[1])
     row.details.update(readyz_status=readyz.status, recovered_ms=round(recovered * 1000))
     row.note = (

@@ -231,6 +231,7 @@ async def _row(name: str, bootstrap: str, prefix: str, load: Load, note: str) ->
         await asyncio.sleep(1.0)
     missing = census.missing(load.acked)
     row = Row(
+        guarantee="exactly_once",
         scenario=name,
         events=len(load.bodies),
         sent=len(load.sent),
