@@ -529,9 +529,12 @@ class ExactlyOnce:
         interval = self.settings.delivery.commit_interval_ms / 1000
         backoff = 0.5
         while True:
+            # Wake up when the oldest open transaction is due, not an interval later.
+            started = [o.txn_started for o in self.owners.values() if o.ready and o.in_txn]
+            wait = interval if not started else min(started) + interval - time.monotonic()
             try:
                 batches = await consumer.getmany(
-                    timeout_ms=int(interval * 1000), max_records=_BATCH
+                    timeout_ms=max(1, int(wait * 1000)), max_records=_BATCH
                 )
             except KafkaError as exc:
                 self.problem = (
