@@ -34,11 +34,20 @@ from aiokafka.errors import (
 
 from bridge import metrics
 from bridge.config import BridgeSettings
-from bridge.errors import PublishTimeoutError, TransactionsUnavailableError
+from bridge.errors import (
+    KafkaUnavailableError,
+    PublishTimeoutError,
+    TransactionsUnavailableError,
+)
 from bridge.metadata import ask_every_broker
 from bridge.models import CanonicalEvent
-from bridge.publisher import Publisher, connection_kwargs, group_connection_kwargs
-from bridge.state import TicketState, now_ms
+from bridge.publisher import (
+    EventRecord,
+    Publisher,
+    connection_kwargs,
+    group_connection_kwargs,
+)
+from bridge.state import TicketState, now_ms, partition_for
 
 log = structlog.get_logger(__name__)
 
@@ -201,6 +210,8 @@ class PartitionOwner:
         # round or before were fetched from the old position and are not for this opening.
         self.opened_round = 0
         self.next_sweep = time.monotonic() + _SWEEP_SECONDS
+        # Events added directly (add_direct) to the open transaction, answered at its commit.
+        self.waiters: list[asyncio.Future[None]] = []
 
     async def open(self) -> None:
         """Fence the last owner, restore the dedupe state, resume at the committed offset."""
@@ -255,6 +266,7 @@ class PartitionOwner:
 
     async def close(self) -> None:
         self.ready = False
+        self.fail_waiters(KafkaUnavailableError("intake partition handed over"))
         producer, self.producer = self.producer, None
         if producer is not None:
             try:
@@ -264,8 +276,7 @@ class PartitionOwner:
                 # An open transaction is aborted by Kafka (timeout, or the next owner).
                 log.warning("intake_producer_stop_abandoned", error=type(exc).__name__)
 
-    async def process(self, records: Iterable[Any]) -> None:
-        """Add records to the open transaction: the new ids' records and their state."""
+    async def _begin(self) -> AIOKafkaProducer:
         producer = self.producer
         assert producer is not None
         if not self.begun:
@@ -274,8 +285,40 @@ class PartitionOwner:
         if not self.in_txn:
             self.in_txn = True
             self.txn_started = time.monotonic()
-        engine = self.engine
-        max_ids = engine.settings.poller.max_ids_per_ticket
+            self.engine.txn_opened.set()
+        return producer
+
+    async def _write(
+        self,
+        producer: AIOKafkaProducer,
+        ticket_id: int,
+        event_id: int,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        source: str,
+    ) -> None:
+        """One event into the open transaction, unless the ticket's state has its id."""
+        state = self.tickets.get(ticket_id)
+        if state is None:
+            state = self.tickets[ticket_id] = TicketState(ticket_id)
+        # The ids themselves, not the floor below them: an id older than the ticket's last
+        # max_ids_per_ticket ids that never came is written, not taken for a copy.
+        if event_id in state.ids:
+            metrics.TRANSACTION_RECORDS.labels(outcome="duplicate").inc()
+            metrics.DUPLICATES.labels(source=source).inc()
+            return
+        sent = await producer.send(topic, value, key=key, headers=headers)
+        sent.add_done_callback(_retrieved)
+        state.add(event_id, self.engine.settings.poller.max_ids_per_ticket)
+        state.last_event_ms = now_ms()
+        self.dirty.add(ticket_id)
+        self.written += 1
+
+    async def process(self, records: Iterable[Any]) -> None:
+        """Add intake records to the open transaction: the new ids' records, their state."""
+        producer = await self._begin()
         last = None
         for record in records:
             last = record
@@ -283,24 +326,45 @@ class PartitionOwner:
             if ticket_id is None:
                 metrics.TRANSACTION_RECORDS.labels(outcome="corrupt").inc()
                 continue
-            state = self.tickets.get(ticket_id)
-            if state is None:
-                state = self.tickets[ticket_id] = TicketState(ticket_id)
-            # The ids themselves, not the floor below them: an id older than the ticket's
-            # last max_ids_per_ticket ids that never came is written, not taken for a copy.
-            if event_id in state.ids:
-                metrics.TRANSACTION_RECORDS.labels(outcome="duplicate").inc()
-                metrics.DUPLICATES.labels(source=_source(record)).inc()
-                continue
             headers = [(k, v) for k, v in record.headers if k != INTAKE_TOPIC_HEADER]
-            sent = await producer.send(topic, record.value, key=record.key, headers=headers)
-            sent.add_done_callback(_retrieved)
-            state.add(event_id, max_ids)
-            state.last_event_ms = now_ms()
-            self.dirty.add(ticket_id)
-            self.written += 1
+            await self._write(
+                producer,
+                ticket_id,
+                event_id,
+                topic,
+                record.key,
+                record.value,
+                headers,
+                _source(record),
+            )
         if last is not None:
             self.next_offset = last.offset + 1
+
+    async def add_direct(self, ticket_id: int, event_id: int, record: EventRecord) -> Any:
+        """An event received by this replica for a partition it owns: into the open
+        transaction without the intake round trip (the same checks, the same transaction).
+        Returns a future that its commit resolves (or its failure fails)."""
+        producer = await self._begin()
+        await self._write(
+            producer,
+            ticket_id,
+            event_id,
+            record.topic,
+            record.key,
+            record.value,
+            record.headers,
+            record.source,
+        )
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(answered)
+        return answered
+
+    def fail_waiters(self, exc: BaseException) -> None:
+        waiters, self.waiters = self.waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # a waiter that gave up does not log it as unretrieved
 
     async def commit(self) -> None:
         """Write the state delta and the offsets, commit; tell the waiters."""
@@ -338,6 +402,10 @@ class PartitionOwner:
         self.written = 0
         if self.next_offset is not None:
             engine.watch.committed(self.partition, self.next_offset)
+        waiters, self.waiters = self.waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
@@ -391,7 +459,7 @@ class ExactlyOnce:
         self.watch = CommitWatch(settings, publisher.topics.intake)
         self.owners: dict[int, PartitionOwner] = {}
         self.consumer: AIOKafkaConsumer | None = None
-        self.sink = IntakeSink(publisher, self.watch)
+        self.sink = IntakeSink(publisher, self.watch, self)
         # Set with TransactionsUnavailableError when the cluster cannot run transactions.
         self.fatal: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[None] | None = None
@@ -400,6 +468,10 @@ class ExactlyOnce:
         # getmany() calls that returned: tells batches fetched before a seek (PartitionOwner
         # .opened_round) from those fetched after.
         self.fetch_round = 0
+        # Set when an owner's transaction gets its first record (wakes the committer).
+        self.txn_opened = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
+        self.intake_partitions = 0
 
     def owned(self) -> list[int]:
         """The intake partitions whose owner is open (writing transactions) now."""
@@ -428,10 +500,11 @@ class ExactlyOnce:
             self.fatal.set_exception(exc)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        for task in (self._task, self._committer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         # Commit what is open (answers waiting on it), then leave the group at once.
         for owner in list(self.owners.values()):
             await self._release(owner, commit=True)
@@ -486,6 +559,7 @@ class ExactlyOnce:
         topics = self.publisher.topics
         intake = await self.publisher.partition_count(topics.intake)
         state = await self.publisher.partition_count(topics.intake_state)
+        self.intake_partitions = intake
         if intake != state:
             raise TransactionsUnavailableError(
                 f"{topics.intake} has {intake} partitions and {topics.intake_state} {state}:"
@@ -521,6 +595,7 @@ class ExactlyOnce:
             self.consumer = consumer
         consumer = self.consumer
         consumer.subscribe([self.publisher.topics.intake], listener=_Rebalance(self))
+        self._committer = asyncio.create_task(self._commit_when_due(), name="intake-commits")
         await self._loop(consumer)
 
     # -- the loop ---------------------------------------------------------------------------
@@ -529,12 +604,9 @@ class ExactlyOnce:
         interval = self.settings.delivery.commit_interval_ms / 1000
         backoff = 0.5
         while True:
-            # Wake up when the oldest open transaction is due, not an interval later.
-            started = [o.txn_started for o in self.owners.values() if o.ready and o.in_txn]
-            wait = interval if not started else min(started) + interval - time.monotonic()
             try:
                 batches = await consumer.getmany(
-                    timeout_ms=max(1, int(wait * 1000)), max_records=_BATCH
+                    timeout_ms=int(interval * 1000), max_records=_BATCH
                 )
             except KafkaError as exc:
                 self.problem = (
@@ -563,14 +635,45 @@ class ExactlyOnce:
                         await owner.process(records)
                     except Exception as exc:
                         self._failed(owner, exc)
+
+    async def _commit_when_due(self) -> None:
+        """Commit each open transaction one commit interval after its first record."""
+        interval = self.settings.delivery.commit_interval_ms / 1000
+        while True:
+            started = [o.txn_started for o in self.owners.values() if o.ready and o.in_txn]
+            if not started:
+                self.txn_opened.clear()
+                await self.txn_opened.wait()
+                continue
+            delay = min(started) + interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
             now = time.monotonic()
             due = [
                 o
                 for o in self.owners.values()
                 if o.ready and o.in_txn and now - o.txn_started >= interval
             ]
-            if due:
-                await asyncio.gather(*(self._commit(o) for o in due))
+            await asyncio.gather(*(self._commit(o) for o in due))
+
+    async def submit(self, ticket_id: int, event_id: int, record: EventRecord) -> Any:
+        """The shortcut of IntakeSink.publish: when this replica owns the intake partition of
+        the ticket, the event joins its open transaction directly; a future resolved at the
+        commit. None when another replica owns it (or it is being opened): the intake."""
+        if not self.intake_partitions:
+            return None
+        owner = self.owners.get(partition_for(ticket_id, self.intake_partitions))
+        if owner is None or not owner.ready:
+            return None
+        async with owner.lock:
+            if not owner.ready:
+                return None
+            try:
+                return await owner.add_direct(ticket_id, event_id, record)
+            except Exception as exc:
+                self._failed(owner, exc)
+                raise KafkaUnavailableError(f"transaction failed: {type(exc).__name__}") from exc
 
     async def _commit(self, owner: PartitionOwner) -> None:
         async with owner.lock:
@@ -586,6 +689,7 @@ class ExactlyOnce:
         """A transaction failed (aborted, fenced, or its outcome unknown): start over from
         what Kafka holds, in the background."""
         owner.ready = False
+        owner.fail_waiters(KafkaUnavailableError(f"transaction failed: {type(exc).__name__}"))
         fenced = isinstance(exc, _FENCED)
         metrics.TRANSACTIONS.labels(outcome="fenced" if fenced else "failed").inc()
         log.warning(
@@ -737,11 +841,15 @@ def _merge_state(tickets: dict[int, TicketState], record: Any) -> None:
 
 
 class IntakeSink:
-    """publish(event): to the intake topic, then until its transaction committed."""
+    """publish(event): to the intake topic, then until its transaction committed; straight
+    into the transaction when this replica owns the event's partition (ExactlyOnce.submit)."""
 
-    def __init__(self, publisher: Publisher, watch: CommitWatch) -> None:
+    def __init__(
+        self, publisher: Publisher, watch: CommitWatch, engine: ExactlyOnce | None = None
+    ) -> None:
         self._publisher = publisher
         self._watch = watch
+        self._engine = engine
         self.publish_timeout = publisher.publish_timeout
 
     async def publish(self, event: CanonicalEvent) -> None:
@@ -752,6 +860,20 @@ class IntakeSink:
         publisher.check_fits(record)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout
+        engine = self._engine
+        if engine is not None:
+            answered = await engine.submit(event.ticket_id, event.event_id, record)
+            if answered is not None:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await answered
+                except TimeoutError:
+                    metrics.PUBLISH_ERRORS.labels(kind="timeout").inc()
+                    raise PublishTimeoutError(
+                        f"not committed within {self.publish_timeout}s"
+                    ) from None
+                publisher.count_published(record)
+                return
         headers = [*record.headers, (INTAKE_TOPIC_HEADER, record.topic.encode())]
         try:
             written = await publisher.send_record(
