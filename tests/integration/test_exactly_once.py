@@ -92,3 +92,11 @@ async def test_a_broker_without_transactions_is_refused_at_start(
     (refused,) = bridge.events("exactly_once_unavailable")
     assert "needs a Kafka cluster with transactions" in refused["reason"], refused
     assert "Traceback" not in "\n".join(bridge.lines), bridge.transcript()
+
+
+async def test_replicas_scaled_1_3_1_under_load_write_every_id_once(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, record_property: RecordProperty
+) -> None:
+    row = await scenarios.scaled(kafka_bootstrap, topic_prefix, tmp_path, scenarios.CI)
+    _check(row, record_property)
+    assert row.details["exits"] == 0, f"a replica did not stop cleanly: {row.note}"

@@ -366,3 +366,43 @@ async def zombie(bootstrap: str, prefix: str, logs: Path, size: Size) -> Row:
         )
     row.details.update(moved_ms=round(moved * 1000), zombie_fenced=fenced, revoked=revoked)
     return row
+
+
+# -- replicas scaled 1 -> 3 -> 1 under load --------------------------------------------------
+
+
+async def scaled(bootstrap: str, prefix: str, logs: Path, size: Size) -> Row:
+    """One replica, two more join under load (the group moves partitions to them), then those
+    two get SIGTERM (they commit what is open and leave) while the load goes on."""
+    async with _replicas(bootstrap, prefix, logs, 1) as (group, (a,)):
+        load = Load([a.client.webhook_url], bodies(size), size.concurrency, size.retry_within)
+        sending = asyncio.create_task(load.run())
+        await _until(lambda: load.done >= size.webhooks // 4, 120, "a quarter answered")
+        b, c = await group.start(), await group.start()
+        load.urls += [b.client.webhook_url, c.client.webhook_url]
+        await _until(
+            lambda: (
+                sum(r.owned() for r in (a, b, c)) == PARTITIONS
+                and all(r.owned() > 0 for r in (a, b, c))
+            ),
+            60,
+            "the partitions shared by three",
+        )
+        at_three = load.done
+        await _until(lambda: load.done >= at_three + size.webhooks // 4, 120, "load on three")
+        for replica in (b, c):
+            replica.process.signal(signal.SIGTERM)
+        codes = [await replica.process.stopped(60) for replica in (b, c)]
+        load.urls[:] = [a.client.webhook_url]
+        await _until(lambda: a.owned() == PARTITIONS, 60, "one replica owns every partition")
+        await sending
+        row = await _row(
+            "E4 replicas 1 -> 3 -> 1 under load",
+            bootstrap,
+            prefix,
+            load,
+            f"two replicas joined after {size.webhooks // 4} answers, left (SIGTERM, exit"
+            f" {codes}) {size.webhooks // 4} answers later",
+        )
+    row.details.update(exits=sum(abs(code) for code in codes))
+    return row

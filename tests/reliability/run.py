@@ -45,7 +45,7 @@ async def run_all(
     only: set[str] | None,
     guarantees: list[str],
 ) -> list[Row]:
-    """Scenarios 1-10 once per delivery guarantee; E1-E3 (exactly_once only)."""
+    """Scenarios 1-10 once per delivery guarantee; E1-E4 (exactly_once only)."""
     rows: list[Row] = []
     stamp = f"rel.{int(time.time())}"
     TERM, KILL = signal.SIGTERM, signal.SIGKILL
@@ -90,6 +90,7 @@ async def run_all(
                 ("E1", lambda: eos.same_webhook_two_replicas(boot, f"{stamp}.e1", logs, eos_size)),
                 ("E2", lambda: eos.replica_killed(boot, f"{stamp}.e2", logs, eos_size)),
                 ("E3", lambda: eos.zombie(boot, f"{stamp}.e3", logs, eos_size)),
+                ("E4", lambda: eos.scaled(boot, f"{stamp}.e4", logs, eos_size)),
             ]
             for name, step in eos_steps:
                 if wanted(name):
