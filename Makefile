@@ -1,17 +1,17 @@
-# The Makefile is the interface: README documents every target.
+# The Makefile is the interface: docs/development.md documents every target.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-test kafka registry lint format test test-unit test-integration ops-tools consumer-kit run bench reliability schemas vectors docs clean
+.PHONY: install install-test kafka registry lint format test test-unit test-integration ops-tools consumer-kit image image-test release set-version run bench reliability schemas vectors docs clean
 
 install: $(STAMP)
 
 # What `make run` needs: the service, the consumers' package (both editable) and the `dev`
 # extra (the tansu fallback broker, confluent-kafka for the consumer example). Reinstalled only
 # when a dependency declaration changes.
-$(STAMP): pyproject.toml consumers/python/pyproject.toml constraints.txt
+$(STAMP): pyproject.toml consumers/python/pyproject.toml constraints.txt VERSION
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e 'consumers/python[kafka]' -e '.[dev]'
@@ -99,9 +99,40 @@ consumer-kit:
 	  cd $(KIT) && $(MVN) verify && touch target/.resolved; \
 	fi
 
-# The fault scenarios of tests/reliability/scenarios.py at full size (several minutes, its own
-# tansu brokers); prints the table. CI runs them reduced: tests/integration/test_reliability.py.
-reliability: install
+# The container image (docs/shipping.md): buildah from Debian's packages (installed with apt-get
+# when missing and root), on the Dockerfile's base when it can be pulled, else on a Debian base
+# made with debootstrap and cached in /var/cache/apizee-bridge (IMAGE_BASE=debian forces it,
+# IMAGE_BASE=<ref> names another base, REFRESH_BASE=1 remakes it with Debian's latest updates).
+# Saves dist/apizee-kafka-bridge-<version>.oci.tar and prints the image's size and layers.
+IMAGE_BASE ?= auto
+IMAGE_FLAGS = --base $(IMAGE_BASE) $(if $(REFRESH_BASE),--refresh-base)
+image: install
+	$(BIN)/python -m bridge.devtools.release image $(IMAGE_FLAGS)
+
+# The image run as the chart runs it (tests/integration/test_image.py, marker `image`, left out
+# of `make test`): uid 10001, read-only root, no capabilities, host network, against the tests'
+# Apache Kafka. Where this machine cannot build or run containers, the test skips and says why.
+image-test: install-test kafka
+	$(BIN)/python -m bridge.devtools.release image $(IMAGE_FLAGS) --unavailable-ok
+	$(BIN)/python -m pytest -q -rs -m image tests/integration/test_image.py
+
+# The release in dist/ (docs/shipping.md): the bridge's and the consumers' package's wheels and
+# sdists, the Java kit's jar and sources jar (mvn -Prelease package, its tests included), the
+# chart (.tgz, Helm's library), the image's OCI archive (make image), a CycloneDX SBOM of each,
+# SHA256SUMS; all of VERSION's version, read back and checked before it says done.
+release: install-test
+	$(BIN)/python -m bridge.devtools.release dist $(IMAGE_FLAGS)
+
+# `make set-version V=1.2.3`: VERSION and every copy of it (chart, pom, pins, the image label's
+# default); the changelog's Unreleased section becomes 1.2.3.
+set-version: install
+	$(BIN)/python -m bridge.devtools.release set-version $(V)
+
+# The fault scenarios of tests/reliability/scenarios.py at full size (several minutes) on Apache
+# Kafka clusters of their own (one node, then three; `make kafka`'s jars); prints the table. They
+# reuse the integration tests' helpers, hence the test extra. CI runs them reduced:
+# tests/integration/test_reliability.py and test_cluster.py.
+reliability: install-test kafka
 	$(BIN)/python -m tests.reliability.run --size full
 
 # Regenerate schemas/ from the catalog (the test suite proves files and catalog agree).
@@ -113,9 +144,10 @@ schemas: install
 vectors: install
 	$(BIN)/python -m tests.vectors.generate
 
-# Regenerate the README's generated blocks (config variables, event catalog).
+# Regenerate the generated blocks (config variables, event catalog) wherever they live in
+# README.md and docs/*.md.
 docs: install
-	$(BIN)/python -m bridge.devtools.docs README.md
+	$(BIN)/python -m bridge.devtools.docs
 
 run: install
 	$(BIN)/apizee-bridge dev
@@ -128,5 +160,5 @@ bench: install kafka
 	$(BIN)/python bench/ingress.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -11,7 +11,6 @@ import asyncio
 import itertools
 import os
 import secrets
-import time
 from typing import Any, Final, cast
 
 import orjson
@@ -20,15 +19,13 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from bridge import metrics
+from bridge.logs import Throttled
 
 log = structlog.get_logger(__name__)
 
 # After a refusal whose request body was not read, what the sender still sends is read and
 # discarded for this long (no buffering), so that it sees the answer rather than a reset.
 LINGER_SECONDS: Final = 2.0
-# Refusals are counted each time but logged at most once per this interval (a flood would
-# otherwise become a log flood).
-_LOG_EVERY_SECONDS: Final = 10.0
 
 
 class _RequestIds:
@@ -79,25 +76,6 @@ class BodyBudget:
 
     def give_back(self, size: int) -> None:
         self.used -= size
-
-
-class Throttled:
-    """One log line per interval for a repeated event, with the count since the last one."""
-
-    __slots__ = ("_count", "_event", "_last")
-
-    def __init__(self, event: str) -> None:
-        self._event = event
-        self._count = 0
-        self._last = 0.0
-
-    def __call__(self, **fields: Any) -> None:
-        self._count += 1
-        now = time.monotonic()
-        if now - self._last >= _LOG_EVERY_SECONDS:
-            log.warning(self._event, count=self._count, **fields)
-            self._count = 0
-            self._last = now
 
 
 def _answer(

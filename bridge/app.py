@@ -34,7 +34,7 @@ from bridge.ingress import AccessLogger, Ingress, build_admin_app, build_public_
 from bridge.logs import configure_logging
 from bridge.models import CanonicalEvent
 from bridge.poller import Poller, PollResult
-from bridge.publisher import Publisher, group_connection_kwargs
+from bridge.publisher import Publisher, group_connection_kwargs, idempotence_refused
 from bridge.registry import SchemaRegistration, SchemaToRegister, subject_name
 from bridge.state import StateStore, StateSync
 
@@ -236,6 +236,9 @@ async def backfill(
     events, publishes every listed event the state lacks (no settle delay: the events are
     old), and writes the tickets' state so that the running replicas keep polling them.
     """
+    # Said at once: the publisher would retry its connection until the ready timeout.
+    if (refused := await idempotence_refused(settings.kafka)) is not None:
+        raise BackfillError(refused)
     codec = Codec()
     dedupe = RecentIds(settings.dedupe.window_seconds, settings.dedupe.max_entries)
     registry_mode = settings.schema.registry_url is not None

@@ -1,7 +1,8 @@
 """The 32 Apizee session event types: category, attributes, Avro names and docs.
 
 Single source for routing (category topic), validation (attribute types), the Avro
-schemas in schemas/ and the README's event table. Source: the Session Events API seed.
+schemas in schemas/ and the event table of docs/consumers.md. Source: the Session Events API
+seed.
 """
 
 from __future__ import annotations
@@ -203,7 +204,7 @@ def lookup(event_type: str) -> EventSpec | None:
 
 
 def markdown_table() -> str:
-    """The README's event table, generated so that the docs cannot drift from the code."""
+    """The event table of docs/consumers.md, generated so that the docs cannot drift from code."""
     rows = ["| eventType | category | attributes | meaning |", "|---|---|---|---|"]
     for spec in EVENTS.values():
         attrs = ", ".join(f"`{a}`" for a in spec.attributes) or "none"

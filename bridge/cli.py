@@ -115,7 +115,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     import asyncio
 
     from bridge.app import BackfillError, backfill
-    from bridge.logs import configure_logging
+    from bridge.logs import configure_command_logging
 
     ticket_ids = _read_ticket_ids(args)
     settings = _load_settings_or_exit()
@@ -125,7 +125,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    configure_logging(settings.log.level, settings.log.format)
+    configure_command_logging(settings.log.level)
     try:
         results = asyncio.run(backfill(settings, ticket_ids, ready_timeout=args.ready_timeout))
     except BackfillError as exc:
@@ -160,7 +160,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     from bridge.commands.check import run_check
     from bridge.config import ConfigError, load_settings
-    from bridge.logs import configure_logging
+    from bridge.logs import configure_command_logging
 
     try:
         settings = load_settings()
@@ -172,7 +172,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             )
         _say("check: the configuration is invalid; nothing else was checked")
         return EXIT_CONFIG
-    configure_logging(settings.log.level, settings.log.format)
+    configure_command_logging(settings.log.level)
     return asyncio.run(
         run_check(settings, _say, within=args.timeout, apizee_ticket=args.apizee_ticket)
     )
@@ -183,14 +183,14 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
     from bridge.commands.console import event_decoder
     from bridge.commands.tail import Filter, Tail, TailArgumentError, run_tail, topic_names
-    from bridge.logs import configure_logging
+    from bridge.logs import configure_command_logging
 
     settings = _load_settings_or_exit()
     try:
         topics = topic_names(settings.kafka, args.topic or [])
     except TailArgumentError as exc:
         args.parser.error(str(exc))
-    configure_logging(settings.log.level, settings.log.format)
+    configure_command_logging(settings.log.level)
     tail = Tail(
         settings.kafka,
         topics,
@@ -212,12 +212,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     import asyncio
 
     from bridge.commands.replay import Options, Selection, default_group, run_replay
-    from bridge.logs import configure_logging
+    from bridge.logs import configure_command_logging
 
     if args.since is not None and args.until is not None and args.since > args.until:
         args.parser.error("--since is after --until")
     settings = _load_settings_or_exit()
-    configure_logging(settings.log.level, settings.log.format)
+    configure_command_logging(settings.log.level)
     selection = Selection(
         source=args.source,
         since_ms=args.since,

@@ -1027,7 +1027,7 @@ def _error_line(error: Any) -> str:
         loc = (str(ctx["section"]), str(ctx["field"]))
     message = str(error["msg"])
     if error["type"] == "extra_forbidden":
-        message = "unknown setting (check the spelling against the README)"
+        message = "unknown setting (check the spelling against docs/configuration.md)"
     name = env_name(*loc) if loc else ENV_PREFIX + "*"
     return f"{name}: {message}"
 
@@ -1064,7 +1064,7 @@ def _default_text(value: object) -> str:
 
 
 def env_var_docs() -> list[tuple[str, str, str]]:
-    """(env variable, default as text, description) for every setting, for the README."""
+    """(env variable, default as text, description) for every setting, for docs/configuration.md."""
     rows = [
         (
             CONFIG_FILE_ENV,

@@ -2,7 +2,8 @@
 parked it (webhook or poller), built for the publisher and read back for `replay` and `tail`.
 
 The value is always the raw bytes as they came: a webhook body, one REST list item, or a whole
-REST body when the body itself was unusable. README "Dead letters" documents the same table.
+REST body when the body itself was unusable. docs/operations.md ("Dead letters") documents the
+same table.
 """
 
 from __future__ import annotations

@@ -17,11 +17,12 @@ from typing import Final, Protocol
 
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http import HttpVersion11
 
 from bridge import dlq, metrics
-from bridge.admission import BodyBudget, Throttled, new_request_id
+from bridge.admission import BodyBudget, new_request_id
 from bridge.auth import Authenticator, AuthError
 from bridge.config import BridgeSettings
 from bridge.dedupe import RecentIds
@@ -38,6 +39,7 @@ from bridge.errors import (
     SchemasNotRegisteredError,
     UnsupportedMediaTypeError,
 )
+from bridge.logs import Throttled
 from bridge.models import CanonicalEvent, from_webhook, parse_webhook
 from bridge.publisher import Publisher
 
@@ -184,6 +186,7 @@ def _error_response(exc: Exception, ingress: Ingress) -> tuple[web.Response, str
 
 
 _OVER_BUDGET: Final = Throttled("webhooks_over_budget")
+_UNAVAILABLE: Final = Throttled("webhook_failed")
 _REQUESTS_BY: Final = metrics.Children(metrics.WEBHOOK_REQUESTS)
 _DURATION_BY: Final = metrics.Children(metrics.WEBHOOK_DURATION)
 _DUPLICATES_BY: Final = metrics.Children(metrics.DUPLICATES)
@@ -208,6 +211,16 @@ async def observe(
         response, reason = _error_response(exc, ingress)
         if isinstance(exc, OverCapacityError):
             _OVER_BUDGET(budget_bytes=ingress.budget.limit)
+        elif isinstance(exc, PublishError):
+            # Kafka down: every webhook fails alike; counted each, logged once per 10 s.
+            _UNAVAILABLE(
+                request_id=request_id,
+                status=response.status,
+                reason=reason,
+                error=type(exc).__name__,
+                consequence="answered 503 with Retry-After: the sender retries, the poller"
+                " fills the gap",
+            )
         elif response.status >= 500:
             log_call = log.error if response.status == 500 else log.warning
             log_call(
@@ -246,12 +259,16 @@ async def observe(
 async def receive_webhook(request: web.Request) -> web.Response:
     """POST {path}: one Apizee event; answered only after Kafka acknowledged it.
 
-    Everything that can be refused from the headers is, before the body is read: media
-    type, size, credentials that do not need the body (token, basic; a missing or malformed
-    signature), and the worker's budget of body bytes in flight.
+    Everything that can be refused from the headers is, before the body is read (and before
+    `100 Continue`, for a sender that waits for it): credentials that do not need the body
+    (token, basic; a missing or malformed signature) first, so that a stranger learns
+    nothing but 401; then media type, size from Content-Length, and the worker's budget of
+    body bytes in flight.
     """
     ingress = request.app[INGRESS]
     settings = ingress.settings.ingress
+    now = time.time()
+    admitted = ingress.authenticator.admit(request.headers, request.query, now)
     if request.content_type != _JSON:
         raise UnsupportedMediaTypeError
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
@@ -261,8 +278,6 @@ async def receive_webhook(request: web.Request) -> web.Response:
     length = request.content_length
     if length is not None and length > settings.max_body_bytes:
         raise BodyTooLargeError
-    now = time.time()
-    admitted = ingress.authenticator.admit(request.headers, request.query, now)
     if request.content.is_eof():
         # The whole body came with the headers (the usual small webhook): it is in memory
         # already, within what aiohttp buffers per connection (bounded by the connection
@@ -275,9 +290,36 @@ async def receive_webhook(request: web.Request) -> web.Response:
     if not ingress.budget.take(reserved):
         raise OverCapacityError
     try:
+        if reserved and _expects_continue(request):
+            # Everything the headers can decide is decided: the sender may send its body.
+            # Only a well-formed HMAC signature gets here unauthenticated; its body is read
+            # within the size limit and the budget just taken, then verified (401 if not).
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the 100 is not part of the response's size
         return await _receive(request, ingress, admitted, now)
     finally:
         ingress.budget.give_back(reserved)
+
+
+def _expects_continue(request: web.BaseRequest) -> bool:
+    return (
+        request.version == HttpVersion11
+        and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue"
+    )
+
+
+async def _decide_before_continue(request: web.Request) -> web.StreamResponse | None:
+    """The routes' expect handler: no `100 Continue` yet.
+
+    aiohttp's default sends it as soon as the headers are in, before the handler decided
+    anything: a stranger, or a body over the limit, would be invited to send its bytes
+    first. The webhook handler sends it once the headers passed (receive_webhook); other
+    routes answer without ever asking for the body.
+    """
+    if request.version == HttpVersion11 and not _expects_continue(request):
+        body = {"status": "expectation_failed", "reason": "only Expect: 100-continue"}
+        return _json(417, body, {REQUEST_ID_HEADER: _request_id(request)})
+    return None
 
 
 async def _receive(
@@ -433,9 +475,9 @@ def build_public_app(ingress: Ingress) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[INGRESS] = ingress
     webhook = app.router.add_resource(settings.path)
-    webhook.add_route("POST", handle_webhook)
-    webhook.add_route("*", _method_not_allowed)
-    app.router.add_route("*", "/{anything:.*}", _not_found)
+    webhook.add_route("POST", handle_webhook, expect_handler=_decide_before_continue)
+    webhook.add_route("*", _method_not_allowed, expect_handler=_decide_before_continue)
+    app.router.add_route("*", "/{anything:.*}", _not_found, expect_handler=_decide_before_continue)
     app.cleanup_ctx.append(_gauges)
     return app
 

@@ -1,4 +1,4 @@
-"""Every Prometheus metric of the bridge, defined once (README: "Metrics").
+"""Every Prometheus metric of the bridge, defined once (docs/operations.md: "Metrics").
 
 Labels are bounded enums (status, reason, category, event type, source, kind); never an id.
 With several worker processes, prometheus-client's multiprocess mode aggregates them.
@@ -65,7 +65,7 @@ _LATENCY_BUCKETS: Final = (
     30.0,
 )
 
-# Webhook outcomes: the `reason` label of webhook_requests_total (README's HTTP table).
+# Webhook outcomes: the `reason` label of webhook_requests_total (the README's HTTP table).
 REASONS: Final = (
     "accepted",
     "duplicate",
@@ -146,7 +146,8 @@ PUBLISH_ERRORS = Counter(
 TOPIC_MAX_MESSAGE_BYTES = Gauge(
     f"{PREFIX}_topic_max_message_bytes",
     "max.message.bytes of each topic as read back from the cluster, by topic suffix"
-    " (category, unknown, dlq, bridge-state).",
+    " (category, unknown, dlq, bridge-state); no sample while the cluster does not say"
+    " (no DescribeConfigs: the producer's limit applies).",
     ["topic_suffix"],
     multiprocess_mode="livemin",
 )

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Final, Protocol
 
 import structlog
 
@@ -33,11 +33,13 @@ from bridge.errors import (
     PublishTimeoutError,
     RecordTooLargeError,
 )
+from bridge.logs import Throttled
 from bridge.models import CanonicalEvent, RestEvent, Source, from_rest
 from bridge.publisher import Publisher
 from bridge.state import StateStore, StateSync, now_ms
 
 log = structlog.get_logger(__name__)
+_PUBLISH_FAILED: Final = Throttled("poll_publish_failed")
 
 
 def _rejection_key(raw: bytes) -> str:
@@ -312,7 +314,12 @@ class Poller:
         except PublishError as exc:
             result.error = exc.kind
             metrics.POLLS.labels(outcome="publish_failed").inc()
-            log.warning("poll_publish_failed", ticket_id=ticket_id, error=exc.kind)
+            # Every ticket's poll fails alike while Kafka is down: one line per 10 s.
+            _PUBLISH_FAILED(
+                ticket_id=ticket_id,
+                error=exc.kind,
+                consequence="the gaps are published at a later poll, once Kafka answers",
+            )
             return result
         finally:
             state.last_poll_ms = now

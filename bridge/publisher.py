@@ -28,15 +28,17 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     SaslAuthenticationFailed,
     TopicAlreadyExistsError,
+    for_code,
 )
 from aiokafka.errors import RecordTooLargeError as KafkaRecordTooLargeError
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.transaction import InitProducerIdRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from bridge import dlq, metrics
 from bridge.catalog import CATEGORIES, EVENTS, UNKNOWN_CATEGORY
 from bridge.codec import Codec
-from bridge.config import DLQ_RECORD_OVERHEAD_BYTES, KafkaSettings
+from bridge.config import DLQ_RECORD_OVERHEAD_BYTES, KafkaSettings, env_name
 from bridge.errors import (
     CodecError,
     KafkaUnavailableError,
@@ -44,6 +46,7 @@ from bridge.errors import (
     RecordTooLargeError,
     SchemasNotRegisteredError,
 )
+from bridge.logs import name_brokers
 from bridge.metadata import ask_every_broker
 from bridge.models import CanonicalEvent
 
@@ -69,6 +72,9 @@ _TOO_LARGE: Final = (MessageSizeTooLargeError, RecordListTooLargeError, KafkaRec
 # aiokafka's SCRAM client raises KeyError or ValueError, not a KafkaError, when the broker
 # ends the exchange with an error ("e=unknown-user", "e=invalid-proof") or a bad signature.
 _CONNECT_ERRORS: Final = (KafkaError, OSError, TimeoutError, KeyError, ValueError)
+IDEMPOTENCE_VARIABLE: Final = env_name("kafka", "enable_idempotence")
+# How long readiness waits for a connection to each broker while metadata fails.
+_PROBE_SECONDS: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,19 +206,8 @@ async def diagnose_connection(settings: KafkaSettings) -> str | None:
     """
     kwargs = connection_kwargs(settings)
     for address in settings.bootstrap_servers.split(","):
-        host, _, port = address.strip().rpartition(":")
         try:
-            conn = await create_conn(
-                host,
-                int(port),
-                client_id=kwargs["client_id"],
-                request_timeout_ms=kwargs["request_timeout_ms"],
-                ssl_context=kwargs.get("ssl_context"),
-                security_protocol=kwargs["security_protocol"],
-                sasl_mechanism=kwargs.get("sasl_mechanism"),
-                sasl_plain_username=kwargs.get("sasl_plain_username"),
-                sasl_plain_password=kwargs.get("sasl_plain_password"),
-            )
+            conn = await _open(address, kwargs)
         except ssl.SSLCertVerificationError as exc:
             return f"TLS certificate verify failed at {address}: {exc.verify_message}"
         except ssl.SSLError as exc:
@@ -233,9 +228,67 @@ async def diagnose_connection(settings: KafkaSettings) -> str | None:
             )
         except KafkaError as exc:
             return f"{address}: {type(exc).__name__}"
-        else:
+        try:
+            # Connected: the refusal may be the idempotent producer's first request.
+            if settings.enable_idempotence and (refused := await _idempotence_refused(conn)):
+                return f"{address} {refused}"
+        finally:
             conn.close()
     return None
+
+
+async def idempotence_refused(settings: KafkaSettings) -> str | None:
+    """Why the cluster refuses the idempotent producer these settings ask for, or None (also
+    when it cannot be asked: connection problems are diagnose_connection's)."""
+    if not settings.enable_idempotence:
+        return None
+    kwargs = connection_kwargs(settings)
+    for address in settings.bootstrap_servers.split(","):
+        try:
+            conn = await _open(address, kwargs)
+        except (*_CONNECT_ERRORS, ssl.SSLError):
+            continue
+        try:
+            refused = await _idempotence_refused(conn)
+        finally:
+            conn.close()
+        return None if refused is None else f"{address} {refused}"
+    return None
+
+
+async def _open(address: str, kwargs: Mapping[str, Any]) -> Any:
+    """One connection to `address` with the clients' security settings."""
+    host, _, port = address.strip().rpartition(":")
+    return await create_conn(
+        host,
+        int(port),
+        client_id=kwargs["client_id"],
+        request_timeout_ms=kwargs["request_timeout_ms"],
+        ssl_context=kwargs.get("ssl_context"),
+        security_protocol=kwargs["security_protocol"],
+        sasl_mechanism=kwargs.get("sasl_mechanism"),
+        sasl_plain_username=kwargs.get("sasl_plain_username"),
+        sasl_plain_password=kwargs.get("sasl_plain_password"),
+    )
+
+
+async def _idempotence_refused(conn: Any) -> str | None:
+    """Ask for a producer id as the idempotent producer does first (InitProducerId): aiokafka
+    retries a refusal inside producer.start() and reports only its error class. None when
+    the broker grants one, or does not answer (not a refusal: an outage)."""
+    try:
+        response = await conn.send(InitProducerIdRequest(None, 60_000))
+    except _CONNECT_ERRORS:
+        return None
+    error_class = for_code(response.error_code)
+    if not response.error_code or error_class.retriable:
+        return None  # granted, or not yet (e.g. its coordinator still loading)
+    error = error_class.__name__
+    return (
+        f"refused an idempotent producer id (InitProducerId: {error}): a broker without the"
+        " idempotent producer (such as tansu) or a principal not allowed to use it; set"
+        f" {IDEMPOTENCE_VARIABLE}=false for such a broker"
+    )
 
 
 def _leaderless(cluster: Any, topics: list[str]) -> list[str]:
@@ -334,6 +387,11 @@ class Publisher:
         self._ready_once = False
         self._last_failure_at = 0.0
         self._last_failure = ""
+        # Per broker address: when it was last listed in metadata (or first found down), and
+        # why those that do not answer now do not.
+        self._brokers: list[str] = []
+        self._broker_seen: dict[str, float] = {}
+        self._unreachable: dict[str, str] = {}
 
     def _build_routes(self) -> dict[str, _Route]:
         routes = {}
@@ -667,10 +725,11 @@ class Publisher:
                     missing = await self.ensure_topics()
                     cluster = await self._producer.client.fetch_all_metadata()
         except _CONNECT_ERRORS as exc:
-            self._set_health(False, f"metadata unavailable: {type(exc).__name__}")
+            self._set_health(False, await self._unreachable_reason(exc))
             metrics.KAFKA_METADATA_AGE.set(self.metadata_age or 0.0)
             return
         self._metadata_at = time.monotonic()
+        self._note_brokers(cluster)
         metrics.KAFKA_METADATA_AGE.set(0.0)
         due = time.monotonic() - self._limits_at >= self._settings.metadata_max_age_ms / 1000
         if not missing and (self._limits_stale or due):
@@ -679,9 +738,21 @@ class Publisher:
                     await self._refresh_limits()
             except _CONNECT_ERRORS as exc:
                 # Not a readiness matter: the producer's limit applies meanwhile and the
-                # broker refuses what does not fit (a definitive 413 all the same).
+                # broker refuses what does not fit (a definitive 413 all the same). Tried
+                # again when due, not at every health check: a broker without
+                # DescribeConfigs (tansu) would otherwise be asked, and logged, every 2 s.
                 self._limits_at = time.monotonic()
-                log.warning("topic_limits_unknown", error=type(exc).__name__)
+                self._limits_stale = False
+                log.warning(
+                    "topic_limits_unknown",
+                    error=type(exc).__name__,
+                    reason="the cluster did not answer DescribeConfigs for the topics'"
+                    f" {MAX_MESSAGE_BYTES} (a broker without it, such as tansu, or no"
+                    " DescribeConfigs ACL)",
+                    consequence=f"the producer's limit of {self._max_request_size} bytes"
+                    " applies; the broker refuses what its topics do not take (413)",
+                    retry_in_seconds=round(self._settings.metadata_max_age_ms / 1000),
+                )
         if missing:
             self._set_health(False, f"topics missing: {', '.join(missing)}")
         elif not self._ready_once and (leaderless := _leaderless(cluster, self.required_topics)):
@@ -692,6 +763,53 @@ class Publisher:
             self._set_health(False, f"partitions without a leader: {shown}")
         else:
             self._set_health(True)
+
+    def _note_brokers(self, cluster: Any) -> None:
+        """Brokers the metadata lists: reachable now, and named in the client's logs."""
+        brokers = {b.nodeId: f"{b.host}:{b.port}" for b in cluster.brokers()}
+        name_brokers(brokers)
+        now = time.monotonic()
+        self._brokers = sorted(brokers.values())
+        for address in self._brokers:
+            self._broker_seen[address] = now
+        if self._unreachable:
+            log.info("kafka_brokers_reachable", brokers=sorted(brokers.values()))
+            self._unreachable = {}
+
+    async def _unreachable_reason(self, exc: BaseException) -> str:
+        """Readiness while metadata fails: the broker addresses that do not answer a
+        connection (the last known brokers, else the bootstrap servers) and for how long."""
+        addresses = self._brokers or [
+            a.strip() for a in self._settings.bootstrap_servers.split(",") if a.strip()
+        ]
+        causes = await asyncio.gather(*(self._probe(a) for a in addresses))
+        now = time.monotonic()
+        down = {a: c for a, c in zip(addresses, causes, strict=True) if c is not None}
+        if down.keys() != self._unreachable.keys():
+            log.warning("kafka_brokers_unreachable", brokers=down)
+        self._unreachable = down
+        for address in down:
+            self._broker_seen.setdefault(address, now)
+        parts = [
+            f"cannot reach {a} for {now - self._broker_seen[a]:.0f}s ({cause})"
+            for a, cause in sorted(down.items())
+        ]
+        parts.append(f"metadata unavailable: {type(exc).__name__}")
+        return "; ".join(parts)
+
+    async def _probe(self, address: str) -> str | None:
+        """Why a connection to `address` fails, or None when it succeeds."""
+        try:
+            async with asyncio.timeout(_PROBE_SECONDS):
+                conn = await _open(address, connection_kwargs(self._settings))
+        except TimeoutError:
+            return f"no answer within {_PROBE_SECONDS:g}s"
+        except OSError as exc:
+            return exc.strerror or type(exc).__name__
+        except (*_CONNECT_ERRORS, ssl.SSLError) as exc:
+            return type(exc).__name__
+        conn.close()
+        return None
 
     async def _sweep(self) -> None:
         """Time out the publishes past their deadline, and sample the in-flight gauge (not

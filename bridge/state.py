@@ -24,10 +24,15 @@ from aiokafka.partitioner import murmur2
 from bridge import metrics
 from bridge.catalog import TERMINAL_EVENT_TYPES
 from bridge.config import PollerSettings
+from bridge.errors import BridgeError
+from bridge.logs import Throttled
 
 log = structlog.get_logger(__name__)
+_FLUSH_FAILED: Final = Throttled("state_flush_failed")
 
 STATE_VERSION: Final = 1
+# The last flush at shutdown: a share of the ingress's grace, not all of it.
+_STOP_FLUSH_SECONDS: Final = 5.0
 # How long a ticket owned by another replica stays in memory after its last event here.
 _FOREIGN_KEEP_MS: Final = 60_000
 
@@ -219,6 +224,11 @@ class StateStore:
             del self.tickets[ticket_id]
         return len(stale)
 
+    @property
+    def unwritten(self) -> int:
+        """Tickets whose changes are not written to the state topic yet."""
+        return sum(1 for t in self._dirty if t in self.tickets)
+
     def take_dirty(self) -> list[TicketState]:
         dirty = [self.tickets[t] for t in self._dirty if t in self.tickets]
         self._dirty.clear()
@@ -381,11 +391,50 @@ class StateSync:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        with contextlib.suppress(KafkaError, TimeoutError):
-            await asyncio.wait_for(self.flush(), 5.0)
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        try:
+            await asyncio.wait_for(self.flush(), _STOP_FLUSH_SECONDS)
+        except (BridgeError, KafkaError, TimeoutError) as exc:
+            # Kafka is down (or too slow) at shutdown: the last state delta stays unwritten.
+            # The state only ever records events Kafka had acknowledged (record() runs after
+            # the ack), so those events are safe in their topics; what is lost is this
+            # replica's memory of them, which costs duplicates or a later poll, never an event.
+            log.warning(
+                "state_not_written",
+                tickets=self.store.unwritten,
+                topic=self.topic,
+                reason=f"Kafka unavailable at shutdown: {exc}" if str(exc) else type(exc).__name__,
+                consequence=(
+                    "nothing acknowledged is lost: these tickets' events were acknowledged by"
+                    " Kafka before their 200 and are in their topics; only the bridge's record"
+                    " of them is missing, so after a restart the poller may publish some of"
+                    " them again (same event-id), and a ticket the state topic never held is"
+                    " polled only once a webhook names it again"
+                ),
+            )
+        finally:
+            if self._consumer is not None:
+                consumer, self._consumer = self._consumer, None
+                await self._stop_consumer(consumer)
+
+    async def _stop_consumer(self, consumer: AIOKafkaConsumer) -> None:
+        """Leave the group (so another replica takes over now) and close the consumer."""
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        try:
+            await consumer.stop()
+        except asyncio.CancelledError:
+            if task.cancelling() > cancelling:
+                raise  # our own cancellation, not aiokafka's
+            # aiokafka 0.14's Fetcher.close() awaits the fetch tasks it cancels, and one that
+            # was sleeping in its retry backoff (a failed fetch: Kafka down) re-raises the
+            # CancelledError (aio-libs/aiokafka#983): close() stops there, before the other
+            # tasks and the client. Finish what it skipped.
+            for pending in list(consumer._fetcher._pending_tasks):
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending
+            await consumer._client.close()
 
     async def flush(self) -> int:
         """Write every dirty ticket; returns how many records were written."""
@@ -417,7 +466,12 @@ class StateSync:
                 self.store.sweep_foreign(now_ms() - _FOREIGN_KEEP_MS)
             except Exception as exc:  # keep the loop alive: Kafka may be down for a while
                 metrics.STATE_ERRORS.labels(kind="write").inc()
-                log.warning("state_flush_failed", error=type(exc).__name__)
+                # Each flush fails alike while Kafka is down: one line per 10 s.
+                _FLUSH_FAILED(
+                    error=type(exc).__name__,
+                    unwritten_tickets=self.store.unwritten,
+                    consequence="kept in memory and written once Kafka answers",
+                )
             finally:
                 # The store grows with every new ticket, not only at restore.
                 metrics.STATE_TICKETS.set(len(self.store))

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
+import secrets
 import sys
 import time
 from collections import Counter
@@ -67,7 +68,7 @@ from bridge.models import (
     parse_webhook,
     split_extra,
 )
-from bridge.publisher import Publisher, TopicNames, connection_kwargs
+from bridge.publisher import Publisher, TopicNames, connection_kwargs, idempotence_refused
 from bridge.registry import SchemaRegistration
 from bridge.state import StateStore, StateSync
 
@@ -568,6 +569,22 @@ class Replay:
                 for m in committed.values()
                 if _committed_selection(m.metadata) != selection.digest
             }
+            if foreign and await self._metadata_dropped(committed):
+                offsets = ", ".join(
+                    f"{tp.partition}:{m.offset}"
+                    for tp, m in sorted(committed.items(), key=lambda c: c[0].partition)
+                )
+                raise ReplayUsageError(
+                    f"the broker does not keep the metadata of committed offsets (tansu does"
+                    f" not; Apache Kafka does): the group {self.options.group} holds progress"
+                    f" on {self.source_topic} (partition:offset {offsets}) but not the"
+                    " selection it belongs to, so this replay cannot tell whether it is"
+                    f" `{selection.describe()}`'s. If it is (a rerun of the same command):"
+                    " run it with --restart; every selected record is judged again and what"
+                    " is already on its topic is skipped, nothing is published twice. If"
+                    " not, name another group with --group. On this broker every rerun"
+                    " needs --restart"
+                )
             if foreign:
                 raise ReplayUsageError(
                     f"the group {self.options.group} holds the progress of another selection"
@@ -584,6 +601,33 @@ class Replay:
                 at = found.get(tp)
                 starts[tp] = ends[tp] if at is None else max(beginnings[tp], at.offset)
         return starts, ends
+
+    async def _metadata_dropped(
+        self, committed: Mapping[TopicPartition, OffsetAndMetadata]
+    ) -> bool:
+        """Whether the broker drops the metadata of committed offsets (tansu does): when none
+        of the group's progress has any, one of its offsets is committed again with a marker,
+        read back, then put back as it was. False when that cannot be told (metadata present,
+        or the group has members, which refuse a commit from outside)."""
+        if any(m.metadata for m in committed.values()):
+            return False
+        tp, was = min(committed.items(), key=lambda c: c[0].partition)
+        marker = f"replay-metadata-probe-{secrets.token_hex(4)}"
+        probe = AIOKafkaConsumer(
+            **self._conn, group_id=self.options.group, enable_auto_commit=False
+        )
+        probe.assign([tp])
+        probe.pause(tp)  # commits only, never fetches
+        try:
+            await probe.start()
+            await probe.commit({tp: OffsetAndMetadata(was.offset, marker)})
+            back = (await self._committed([tp])).get(tp)
+            await probe.commit({tp: OffsetAndMetadata(was.offset, was.metadata or "")})
+        except KafkaError:
+            return False
+        finally:
+            await _stop(probe)
+        return back is not None and back.offset == was.offset and back.metadata != marker
 
     async def _committed(
         self, tps: list[TopicPartition]
@@ -680,6 +724,9 @@ class Replay:
         state_exists: bool,
     ) -> None:
         kafka = self.settings.kafka
+        # Said at once: the publisher would retry its connection until the ready timeout.
+        if (refused := await idempotence_refused(kafka)) is not None:
+            raise ReplayError(refused)
         registry_mode = self.settings.schema.registry_url is not None
         publisher = Publisher(
             kafka,

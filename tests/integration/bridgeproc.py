@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -306,9 +306,18 @@ class BridgeProcess:
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    async def start(cls, args: list[str], env: Mapping[str, str], log_path: Path) -> BridgeProcess:
+    async def start(
+        cls,
+        args: list[str],
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        launcher: Sequence[str] = (),
+    ) -> BridgeProcess:
+        """`launcher` (e.g. `podman run ... IMAGE`) runs the CLI instead of this venv's script."""
+        command = [*launcher, *args] if launcher else bridge_command(*args)
         process = await asyncio.create_subprocess_exec(
-            *bridge_command(*args),
+            *command,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -388,10 +397,10 @@ class BridgeProcess:
 
 @contextlib.asynccontextmanager
 async def bridge_process(
-    args: list[str], env: Mapping[str, str], log_path: Path
+    args: list[str], env: Mapping[str, str], log_path: Path, *, launcher: Sequence[str] = ()
 ) -> AsyncIterator[BridgeProcess]:
     """A bridge process that is killed on exit if the test left it running."""
-    bridge = await BridgeProcess.start(args, env, log_path)
+    bridge = await BridgeProcess.start(args, env, log_path, launcher=launcher)
     try:
         yield bridge
     finally:

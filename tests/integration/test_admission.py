@@ -20,6 +20,7 @@ from tests.integration.bridgeproc import (
     assert_json_error,
     bridge_settings,
     running_bridge,
+    signature_headers,
     webhook,
 )
 from tests.integration.readback import consume_async
@@ -160,3 +161,102 @@ async def test_small_fixes_content_encoding_reason_and_nan_time_reason(
     )
     kinds = {r.value: r.headers["dlq-kind"] for r in dead}
     assert kinds == {raw: b"invalid_envelope", raw_extra: b"invalid_json"}
+
+
+def _expecting(path: str, length: int, headers: dict[str, str]) -> bytes:
+    """Request headers of a sender that waits for `100 Continue` before its body."""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\nExpect: 100-continue\r\n{extra}\r\n"
+    ).encode()
+
+
+async def _first_answer(bridge: InProcessBridge, head: bytes) -> bytes:
+    """What the bridge sends to headers alone (the body is never sent)."""
+    reader, writer = await _raw(bridge, head)
+    try:
+        return await asyncio.wait_for(reader.read(2000), 5)
+    finally:
+        writer.close()
+
+
+async def _continued(bridge: InProcessBridge, head: bytes, body: bytes) -> tuple[bytes, bytes]:
+    """The bridge's `100 Continue` to the headers, then its answer to the body sent after."""
+    reader, writer = await _raw(bridge, head)
+    try:
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.write(body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readuntil(b"}"), 30)
+    finally:
+        writer.close()
+    return interim, answer
+
+
+async def test_expect_100_continue_is_sent_only_once_the_headers_passed(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """A sender waiting for `100 Continue` gets 401 (bad credentials) before 413 (too large),
+    both without a 100, i.e. without being asked for its body; an HMAC, which needs the body,
+    gets its 100 only within the size limit."""
+    mib = 1024 * 1024
+    async with running_bridge(bridge_settings(kafka_bootstrap, topic_prefix)) as bridge:
+        path = urlsplit(bridge.webhook_url).path
+        refused = {
+            "bad token, 2 MiB": await _first_answer(
+                bridge, _expecting(path, 2 * mib, {TOKEN_HEADER: "wrong"})
+            ),
+            "no credentials, 2 MiB": await _first_answer(bridge, _expecting(path, 2 * mib, {})),
+            "bad token, small": await _first_answer(
+                bridge, _expecting(path, 100, {TOKEN_HEADER: "wrong"})
+            ),
+            "good token, 2 MiB": await _first_answer(
+                bridge, _expecting(path, 2 * mib, {TOKEN_HEADER: TOKEN})
+            ),
+            "signature, 2 MiB": await _first_answer(
+                bridge, _expecting(path, 2 * mib, signature_headers(b"x"))
+            ),
+        }
+        small = json.dumps(webhook("consent.accepted", event_id=41)).encode()
+        by_token = await _continued(
+            bridge, _expecting(path, len(small), {TOKEN_HEADER: TOKEN}), small
+        )
+        signed = json.dumps(webhook("consent.accepted", event_id=42)).encode()
+        by_signature = await _continued(
+            bridge, _expecting(path, len(signed), signature_headers(signed)), signed
+        )
+        forged = json.dumps(webhook("consent.accepted", event_id=43)).encode()
+        by_forgery = await _continued(
+            bridge, _expecting(path, len(forged), signature_headers(b"another body")), forged
+        )
+        unknown = await _first_answer(
+            bridge,
+            _expecting(path, 100, {TOKEN_HEADER: TOKEN}).replace(b"100-continue", b"coffee"),
+        )
+
+    expected = {
+        "bad token, 2 MiB": (b"HTTP/1.1 401 Unauthorized", b'"reason":"bad_token"'),
+        "no credentials, 2 MiB": (b"HTTP/1.1 401 Unauthorized", b'"missing_credentials"'),
+        "bad token, small": (b"HTTP/1.1 401 Unauthorized", b'"reason":"bad_token"'),
+        "good token, 2 MiB": (b"HTTP/1.1 413 Request Entity Too Large", b'"too_large"'),
+        "signature, 2 MiB": (b"HTTP/1.1 413 Request Entity Too Large", b'"too_large"'),
+    }
+    for case, answer in refused.items():
+        status, reason = expected[case]
+        assert answer.startswith(status), (case, answer)
+        assert b"100 Continue" not in answer, (case, answer)
+        assert reason in answer, (case, answer)
+    for interim, answer in (by_token, by_signature):
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
+        assert answer.startswith(b"HTTP/1.1 200 OK"), answer
+    interim, answer = by_forgery
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
+    assert answer.startswith(b"HTTP/1.1 401 Unauthorized"), answer
+    assert b'"reason":"bad_signature"' in answer, answer
+    assert unknown.startswith(b"HTTP/1.1 417 Expectation Failed"), unknown
+    assert b"X-Request-Id: " in unknown, unknown
+    records = await consume_async(
+        kafka_bootstrap, [f"{topic_prefix}.consent"], min_count=2, timeout=30, drain=1.0
+    )
+    assert sorted(r.headers["event-id"] for r in records) == [b"41", b"42"]

@@ -1,5 +1,5 @@
-"""One DLQ header contract for both sources (README "Dead letters"): a webhook body and a REST
-item parked by the poller carry the same headers, read back with confluent-kafka."""
+"""One DLQ header contract for both sources (docs/operations.md, "Dead letters"): a webhook body
+and a REST item parked by the poller carry the same headers, read back with confluent-kafka."""
 
 from __future__ import annotations
 

@@ -297,7 +297,8 @@ async def test_invalid_bodies_get_400_and_their_raw_bytes_go_to_the_dlq(
         record = dead[reply.headers["X-Request-Id"]]
         assert record.value == body, kind  # the raw bytes, as they came (b"" reads back empty)
         assert record.key is None
-        # The DLQ header contract (README "Dead letters"); ticket-id when the body names one.
+        # The DLQ header contract (docs/operations.md, "Dead letters"); ticket-id when the body
+        # names one.
         named = _named_ticket(body)
         assert set(record.headers) == {
             "dlq-kind",
@@ -407,14 +408,18 @@ async def test_bodies_over_the_limit_get_413_with_or_without_content_length(
         over = await bridge.post(_padded(3, _LIMIT + 1))
         chunked_over = await _post_chunked(bridge, _padded(4, _LIMIT + 1))
         far_over = await _post_chunked(bridge, _padded(5, 20 * _LIMIT))
-        # Too large, and not authenticated: still 413, still nothing stored.
+        # Too large, and not authenticated: 401, credentials are decided first (a stranger
+        # learns nothing of the limits); still nothing stored.
         over_no_token = await bridge.post(_padded(6, _LIMIT + 1), token=None)
 
     assert at_limit.json() == {"status": "accepted", "eventId": 1}
     assert chunked_at_limit.json() == {"status": "accepted", "eventId": 2}
-    for reply in (over, chunked_over, far_over, over_no_token):
+    for reply in (over, chunked_over, far_over):
         error = assert_json_error(reply, 413, "too_large")
         assert error["reason"] == f"body larger than {_LIMIT} bytes"
+    assert assert_json_error(over_no_token, 401, "unauthorized")["reason"] == (
+        "missing_credentials"
+    )
     by_topic = await everything(kafka_bootstrap, topic_prefix)
     only(by_topic, {f"{topic_prefix}.consent": 2})
     assert sorted(decode(r).event_id for r in by_topic[f"{topic_prefix}.consent"]) == [1, 2]

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 
 from bridge.codec import Codec
 from bridge.config import BridgeSettings
 from bridge.devtools.devregistry import RegistryServer
+from tests.integration import kafkakit
 from tests.integration.bridgeproc import bridge_settings, running_bridge
 from tests.integration.readback import consume_async
 from tests.integration.registrykit import preregister
@@ -172,3 +174,50 @@ async def _java_reads_what_python_reads(
 def test_the_kit_classpath_names_existing_jars(kit_classpath: str) -> None:
     missing = [p for p in kit_classpath.split(":") if not Path(p).exists()]
     assert not missing
+
+
+async def test_java_consumer_reads_committed_records_only_by_default(
+    kafka_bootstrap: str, topic_prefix: str, kit_classpath: str
+) -> None:
+    """The kit's isolation.level is read_committed: a record of an aborted transaction, or of
+    one still open, is not read; `--property isolation.level=read_uncommitted` reads them."""
+    topic = f"{topic_prefix}.ticket"
+    await asyncio.to_thread(
+        kafkakit.create_topics, kafka_bootstrap, [topic], partitions=1, replication=1
+    )
+    key = str(TICKET_ID).encode()
+    producer = Producer(
+        {"bootstrap.servers": kafka_bootstrap, "transactional.id": f"{topic_prefix}.tx"}
+    )
+    try:
+        producer.init_transactions(30)
+        for event_type, commit in (("ticket.new", True), ("ticket.closed", False)):
+            producer.begin_transaction()
+            producer.produce(topic, (VECTORS / "events" / f"{event_type}.bin").read_bytes(), key)
+            assert producer.flush(30) == 0  # on the broker before the abort, not purged
+            if commit:
+                producer.commit_transaction(30)
+            else:
+                producer.abort_transaction(30)
+        producer.begin_transaction()  # left open while Java reads
+        producer.produce(topic, (VECTORS / "events" / "ticket.approved.bin").read_bytes(), key)
+        assert producer.flush(30) == 0
+
+        default = await _java_timeline(kit_classpath, kafka_bootstrap, topic_prefix)
+        uncommitted = await _java_timeline(
+            kit_classpath,
+            kafka_bootstrap,
+            topic_prefix,
+            "--property",
+            "isolation.level=read_uncommitted",
+        )
+        producer.abort_transaction(30)
+    finally:
+        producer.close()
+
+    assert [line["record"]["eventType"] for line in default] == ["ticket.new"]
+    assert sorted(line["record"]["eventType"] for line in uncommitted) == [
+        "ticket.approved",
+        "ticket.closed",
+        "ticket.new",
+    ]

@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import pytest
 import structlog
+from apizee_session_events.kafka import Event, KafkaReadError, read_events
 from confluent_kafka.admin import AclOperation, ResourceType
 from prometheus_client import REGISTRY, generate_latest
 
@@ -497,3 +498,64 @@ async def test_without_read_on_the_poller_group_readyz_names_it(
     assert readyz.status == 503, readyz
     assert "GroupAuthorizationFailed" in reason, reason
     assert group in reason, reason
+
+
+# -- the consumers' reader (apizee_session_events.kafka) ---------------------------------
+
+
+def _reader_sasl(password: str = PASSWORD) -> dict[str, str]:
+    """librdkafka's settings for User:bridge on the SASL listener, as `read_events(config=)`."""
+    return {
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": USER,
+        "sasl.password": password,
+    }
+
+
+async def _read_events(cluster: KafkaCluster, prefix: str, **options: Any) -> list[Event]:
+    def read() -> list[Event]:
+        return list(
+            read_events(
+                cluster.bootstrap("SASL_PLAINTEXT"),
+                prefix=prefix,
+                idle_timeout_seconds=3,
+                join_timeout_seconds=60,
+                **options,
+            )
+        )
+
+    return await asyncio.to_thread(read)
+
+
+async def test_read_events_reads_with_sasl_and_raises_on_refused_credentials(
+    secure_kafka: KafkaCluster, prefix: str, captured_logs: Callable[[], str]
+) -> None:
+    async with running_bridge(_acl_bridge(secure_kafka, prefix)) as bridge:
+        reply = await bridge.post(webhook("ticket.new", event_id=11))
+    assert reply.status == 200, reply
+    group = f"{prefix}.readers"  # the `prefix` fixture granted its groups
+
+    events = await _read_events(secure_kafka, prefix, group_id=group, config=_reader_sasl())
+    assert [(e.headers["event-id"], e.fields["eventType"]) for e in events] == [
+        ("11", "ticket.new")
+    ]
+
+    wrong = f"wrong-{secrets.token_hex(6)}"
+    started = time.monotonic()
+    with pytest.raises(KafkaReadError) as raised:
+        await _read_events(secure_kafka, prefix, group_id=group, config=_reader_sasl(wrong))
+    assert time.monotonic() - started < 30, "a refused login must not wait for the join timeout"
+    message = str(raised.value)
+    assert "Authentication failed" in message or "AUTHENTICATION" in message, message
+    assert wrong not in message
+    assert PASSWORD not in captured_logs()
+
+
+async def test_read_events_without_rights_on_its_group_raises(
+    secure_kafka: KafkaCluster, prefix: str
+) -> None:
+    group = f"stranger.{uuid.uuid4().hex[:8]}"  # no ACL names it
+    with pytest.raises(KafkaReadError) as raised:
+        await _read_events(secure_kafka, prefix, group_id=group, config=_reader_sasl())
+    assert "GROUP_AUTHORIZATION_FAILED" in str(raised.value), raised.value

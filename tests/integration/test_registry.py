@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apizee_session_events import Decoder, event_topics
+from apizee_session_events import Decoder, UnknownSchemaError, event_topics
 
 from bridge.codec import CONFLUENT_MAGIC, Codec
 from bridge.config import load_settings
 from bridge.devtools.devbroker import free_port
 from bridge.devtools.devregistry import CCOMPAT_PATH, RegistryServer
-from bridge.errors import SchemaRejectedError, UnknownSchemaError
+from bridge.errors import SchemaRejectedError
 from bridge.registry import RegistryClient
 from tests.integration.bridgeproc import (
     InProcessBridge,
@@ -115,7 +115,7 @@ async def test_registers_every_schema_and_frames_records_by_registry_id(
         # The id the registry holds for the record's subject, and nothing single-object.
         assert schema_id == ids[event_type if event_type in SEED_PROPS else ""]
         assert record.value is not None
-        decoded = decoder.decode(record.value)
+        decoded = decoder.decode_record(record.value)
         assert decoded.framing == "confluent"
         assert decoded.writer == str(schema_id)
         assert decoded.event_type == event_type

@@ -310,7 +310,7 @@ async def test_5xx_is_retried_with_backoff_then_succeeds(apizee: FakeApizee) -> 
 
 
 async def test_one_request_id_per_fetch_sent_on_every_attempt(apizee: FakeApizee) -> None:
-    # Dead letters of the poller carry it (README "Dead letters"): Apizee's logs can be
+    # Dead letters of the poller carry it (docs/operations.md "Dead letters"): Apizee's logs can be
     # searched for the request that listed a malformed item.
     apizee.script(Reply(503, b"down"), Reply())
     async with ApizeeClient(make_settings(apizee.base_url)) as client:

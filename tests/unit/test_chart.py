@@ -93,7 +93,7 @@ ALL_ON: dict[str, Any] = {
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "prometheusRule": {
         "enabled": True,
-        "runbookBaseUrl": "https://git.example.com/apizee-kafka-bridge/README.md",
+        "runbookBaseUrl": "https://git.example.com/apizee-kafka-bridge/docs/operations.md",
         "additionalLabels": {"team": "integration"},
     },
     "grafanaDashboard": {"enabled": True, "folder": "Integration"},
@@ -582,10 +582,10 @@ def test_state_readiness_is_alerted_only_with_the_poller() -> None:
     assert "state_restored" in expr(with_poller)
 
 
-def test_every_alert_has_a_runbook_in_the_readme() -> None:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n### Alerts", 1)[1].split("\n## ", 1)[0]
-    runbooks = set(re.findall(r"^#### (ApizeeBridge\w+)$", section, re.MULTILINE))
+def test_every_alert_has_a_runbook_in_the_operations_doc() -> None:
+    operations = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = operations.split("\n## Alerts\n", 1)[1].split("\n## ", 1)[0]
+    runbooks = set(re.findall(r"^### (ApizeeBridge\w+)$", section, re.MULTILINE))
     rule = one(render(ALL_ON), "PrometheusRule")
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
     assert alerts == runbooks

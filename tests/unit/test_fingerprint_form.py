@@ -1,5 +1,5 @@
-"""The README's worked example of the fingerprint's hex form is what the bridge writes: checked
-against the codec, schemas/fingerprints.json and the Avro specification's CRC-64-AVRO."""
+"""docs/consumers.md's worked example of the fingerprint's hex form is what the bridge writes:
+checked against the codec, schemas/fingerprints.json and the Avro specification's CRC-64-AVRO."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from bridge.publisher import Publisher
 from bridge.schemas import all_event_schemas
 from tests.unit.conftest import REPO
 
-README = (REPO / "README.md").read_text(encoding="utf-8")
-EXAMPLE = README.split("**The fingerprint's hex form.**", 1)[1].split("\n\n## ", 1)[0]
+CONSUMERS = (REPO / "docs" / "consumers.md").read_text(encoding="utf-8")
+EXAMPLE = CONSUMERS.split("\n## The fingerprint's hex form\n", 1)[1].split("\n## ", 1)[0]
 
 # The Avro specification's reference algorithm ("Schema Fingerprints"), independent of fastavro.
 _EMPTY = 0xC15D213AA4D7A795

@@ -479,7 +479,8 @@ async def test_malformed_items_reach_the_dlq_once_per_ticket(clock: Clock) -> No
     assert first.published == again.published == other.published == 0
     assert rig.publisher.events == []
 
-    # The DLQ header contract (README "Dead letters"): the webhook's set, from the fetch.
+    # The DLQ header contract (docs/operations.md, "Dead letters"): the webhook's set, from the
+    # fetch.
     assert all(set(r.headers) == DLQ_HEADERS for r in rig.publisher.dlq)
     polls = [rig.lister.returned[0]] * 2 + [rig.lister.returned[2]] * 2
     assert [r.headers for r in rig.publisher.dlq] == [

@@ -56,7 +56,7 @@ async def test_check_tail_and_replay_in_registry_mode(
     ]
     assert replayed.value is not None
     assert replayed.value[:1] == b"\x00", "not in the Confluent wire format the bridge writes"
-    decoded = Decoder(url).decode(replayed.value)
+    decoded = Decoder(url).decode_record(replayed.value)
     assert decoded.framing == "confluent"
     assert (decoded.event_type, decoded.fields["eventId"]) == ("media.pictureSent", 7103)
     assert decoded.fields["ticketId"] == 361

@@ -8,11 +8,14 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
+from apizee_session_events.bundled import categories, event_topics, event_types
 from apizee_session_events.decoder import DecodedRecord, Decoder
 from apizee_session_events.errors import DecodeError, RegistryUnavailableError, UnknownSchemaError
-from apizee_session_events.bundled import categories, event_topics, event_types
 
-__version__ = "0.1.0"
+# The distribution's version, which setuptools read from VERSION (the repository's, linked).
+__version__ = version("apizee-session-events")
 
 __all__ = [
     "DecodeError",

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from fastavro import parse_schema, schemaless_reader
+from fastavro.schema import SchemaParseException
 
-from apizee_session_events.errors import DecodeError, UnknownSchemaError
-from apizee_session_events.framing import Framing, framing_of
-from apizee_session_events.registry import SchemaFetcher
 from apizee_session_events.bundled import current_schemas, full_name, released_sets
+from apizee_session_events.errors import DecodeError, UnknownSchemaError
+from apizee_session_events.framing import Framing, framing_of, schema_fingerprint
+from apizee_session_events.registry import SchemaFetcher
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,9 @@ class Decoder:
     needed only for Confluent-framed records; `username`/`password` for Basic auth, `ca_file`
     to verify an https registry. `released_dirs` replaces the bundled released sets with
     directories of your own (each holding `v*/fingerprints.json`); `[]` for none.
-    Safe to share between threads.
+    `writer_schemas` adds writer schemas for single-object records: `.avsc` files, or folders
+    whose `.avsc` files (recursively) are added, each known by its fingerprint (e.g. the
+    schemas of a bridge release newer than this package). Safe to share between threads.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class Decoder:
         ca_file: str | Path | None = None,
         timeout_seconds: float = 10.0,
         released_dirs: Iterable[str | Path] | None = None,
+        writer_schemas: Iterable[str | Path] = (),
     ) -> None:
         self._registry = (
             SchemaFetcher(
@@ -93,6 +97,8 @@ class Decoder:
         else:
             for directory in released_dirs:
                 self._add_released(Path(directory))
+        for path in writer_schemas:
+            self._add_writer_schemas(Path(path))
         self._by_id: dict[int, _Writer] = {}
         self._lock = threading.Lock()
 
@@ -111,6 +117,18 @@ class Decoder:
             for fingerprint_hex, entry in entries.items():
                 schema = json.loads((index.parent / entry["file"]).read_text(encoding="utf-8"))
                 self._add(bytes.fromhex(fingerprint_hex), schema)
+
+    def _add_writer_schemas(self, path: Path) -> None:
+        files = sorted(path.rglob("*.avsc")) if path.is_dir() else [path]
+        if not files:
+            raise ValueError(f"no .avsc file in {path}")
+        for file in files:
+            try:
+                schema = json.loads(file.read_text(encoding="utf-8"))
+                fingerprint = schema_fingerprint(schema)
+            except (ValueError, TypeError, KeyError, SchemaParseException) as exc:
+                raise ValueError(f"{file} is not an Avro schema: {exc}") from None
+            self._add(fingerprint, schema)
 
     @property
     def fingerprints(self) -> frozenset[str]:

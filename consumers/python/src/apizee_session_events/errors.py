@@ -4,7 +4,21 @@ from __future__ import annotations
 
 
 class DecodeError(Exception):
-    """Bytes that are not a record of the bridge's event topics, or a corrupt one."""
+    """Bytes that are not a record of the bridge's event topics, or a corrupt one.
+
+    Raised while reading Kafka (`apizee_session_events.kafka`), it also says where the record
+    is: `topic`, `partition` and `offset` are set and lead its message.
+    """
+
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        if self.topic is None:
+            return message
+        return f"{self.topic} partition {self.partition} offset {self.offset}: {message}"
 
 
 class UnknownSchemaError(DecodeError):

@@ -1,8 +1,7 @@
 package com.apizee.sessionevents.kafka.examples;
 
-import com.apizee.sessionevents.kafka.ApizeeAvroDeserializer;
+import com.apizee.sessionevents.kafka.ApizeeConsumers;
 import com.apizee.sessionevents.kafka.ApizeeDeserializerConfig;
-import com.apizee.sessionevents.kafka.ApizeeSchemas;
 import com.apizee.sessionevents.kafka.RecordJson;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.nio.charset.StandardCharsets;
@@ -23,7 +22,6 @@ import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
 import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.header.Header;
-import org.apache.kafka.common.serialization.StringDeserializer;
 
 /**
  * Follows one ticket's timeline across the category topics: subscribes to {@code
@@ -39,8 +37,16 @@ import org.apache.kafka.common.serialization.StringDeserializer;
  *   [--property consumer.key=value ...]
  * </pre>
  *
- * <p>{@code --json} prints one JSON object per record (topic, partition, offset, key, headers,
- * record in the stable form of {@link RecordJson}) instead of one line of text.
+ * <p>{@code --ticket} takes one ticket id. {@code --prefix} is the bridge's {@code
+ * BRIDGE_KAFKA_TOPIC_PREFIX} (default {@code apizee.session-events}). {@code --timeout-ms} bounds
+ * the whole read (group join included): past it the example fails rather than print a partial
+ * timeline. {@code --json} prints one JSON object per record (topic, partition, offset, key,
+ * headers, record in the stable form of {@link RecordJson}) instead of one line of text.
+ *
+ * <p>It reads with {@code isolation.level=read_committed} and {@code auto.offset.reset=earliest}
+ * (the kit's defaults, {@link ApizeeConsumers#properties}), in a group of its own that commits
+ * nothing. {@code --property key=value} sets any consumer setting over them, e.g. {@code
+ * --property isolation.level=read_uncommitted} or {@code --property security.protocol=SSL}.
  */
 public final class TicketTimeline {
   private TicketTimeline() {}
@@ -62,14 +68,14 @@ public final class TicketTimeline {
       System.setProperty("org.slf4j.simpleLogger.defaultLogLevel", "warn");
     }
     Map<String, String> options = new HashMap<>();
-    Properties props = new Properties();
+    Properties overrides = new Properties();
     for (int i = 0; i < args.length; i++) {
       String arg = args[i];
       if (arg.equals("--json")) {
         options.put("json", "true");
       } else if (arg.equals("--property") && i + 1 < args.length) {
         String[] kv = args[++i].split("=", 2);
-        props.put(kv[0], kv.length > 1 ? kv[1] : "");
+        overrides.put(kv[0], kv.length > 1 ? kv[1] : "");
       } else if (arg.startsWith("--") && i + 1 < args.length) {
         options.put(arg.substring(2), args[++i]);
       } else {
@@ -79,21 +85,10 @@ public final class TicketTimeline {
     if (!options.containsKey("bootstrap-servers") || !options.containsKey("ticket")) {
       usage("--bootstrap-servers and --ticket are required");
     }
-    String prefix = options.getOrDefault("prefix", "apizee.session-events");
+    String prefix = options.getOrDefault("prefix", ApizeeConsumers.DEFAULT_PREFIX);
     String ticket = options.get("ticket");
     Duration timeout = Duration.ofMillis(Long.parseLong(options.getOrDefault("timeout-ms", "60000")));
-
-    props.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, options.get("bootstrap-servers"));
-    props.put(ConsumerConfig.GROUP_ID_CONFIG, "apizee-ticket-timeline-" + UUID.randomUUID());
-    props.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
-    props.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "false");
-    props.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
-    props.put(
-        ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, ApizeeAvroDeserializer.class.getName());
-    props.put(ApizeeDeserializerConfig.SPECIFIC_AVRO_READER, "true");
-    if (options.containsKey("schema-registry-url")) {
-      props.put(ApizeeDeserializerConfig.SCHEMA_REGISTRY_URL, options.get("schema-registry-url"));
-    }
+    Properties props = consumerProperties(options, overrides);
 
     List<Entry> timeline = read(props, topicPattern(prefix), ticket, timeout);
     for (Entry entry : timeline) {
@@ -102,10 +97,26 @@ public final class TicketTimeline {
     System.err.printf("ticket %s: %d events%n", ticket, timeline.size());
   }
 
+  /**
+   * The consumer's settings: the kit's ({@link ApizeeConsumers#properties}: read_committed,
+   * auto.offset.reset=earliest, the generated classes), a group of its own that commits nothing,
+   * {@code --schema-registry-url}, then every {@code --property} over them.
+   */
+  public static Properties consumerProperties(Map<String, String> options, Properties overrides) {
+    Properties props =
+        ApizeeConsumers.properties(
+            options.get("bootstrap-servers"), "apizee-ticket-timeline-" + UUID.randomUUID());
+    props.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "false");
+    if (options.containsKey("schema-registry-url")) {
+      props.put(ApizeeDeserializerConfig.SCHEMA_REGISTRY_URL, options.get("schema-registry-url"));
+    }
+    props.putAll(overrides);
+    return props;
+  }
+
   /** The category topics of the bridge: not its dlq (raw bytes) nor its bridge-state. */
   public static Pattern topicPattern(String prefix) {
-    String categories = String.join("|", ApizeeSchemas.bundled().categories());
-    return Pattern.compile(Pattern.quote(prefix) + "\\.(" + categories + ")");
+    return ApizeeConsumers.topicPattern(prefix);
   }
 
   /** Every record keyed {@code ticket} on the topics, up to their end now, by occurredAt. */
