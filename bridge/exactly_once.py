@@ -703,11 +703,13 @@ class ExactlyOnce:
 
     async def _recover(self, owner: PartitionOwner, fenced: bool) -> None:
         await owner.close()
-        if fenced:
-            # Another replica's producer took the partition's id: we are the zombie, and
-            # the group takes the partition from us at our next heartbeat. Fence back only
-            # if it does not (a transaction Kafka timed out).
-            await asyncio.sleep(_FENCED_GRACE_SECONDS)
+        # Whatever failed, this replica may be the zombie: fenced by the partition's new
+        # owner, or just woken from a freeze (its commit timed out on the wall clock).
+        # The group takes the partition from a zombie at its next heartbeat; opening first
+        # would fence the rightful owner. So wait two heartbeats (longer when fenced) and
+        # open only if the partition is still ours.
+        heartbeat = self.settings.poller.group_heartbeat_interval_ms / 1000
+        await asyncio.sleep(max(_FENCED_GRACE_SECONDS, 2 * heartbeat) if fenced else 2 * heartbeat)
         await self._open(owner)
 
     async def _open(self, owner: PartitionOwner) -> None:

@@ -347,22 +347,24 @@ async def zombie(bootstrap: str, prefix: str, logs: Path, size: Size) -> Row:
             done = load.done
             await _until(lambda: load.done >= done + size.webhooks // 8, 120, "load meanwhile")
         finally:
+            before_wake = len(a.process.lines)
             a.process.signal(signal.SIGCONT)
         resumed_at = time.monotonic()
         await sending
         assert a.process.process.returncode is None, a.process.transcript()
-        failed = a.process.events("intake_transaction_failed")
+        woken = [json.loads(x) for x in a.process.lines[before_wake:] if x.startswith("{")]
+        failed = [e for e in woken if e.get("event") == "intake_transaction_failed"]
         fenced = sum(1 for e in failed if e.get("fenced"))
         errors = Counter(str(e.get("error")) for e in failed)
-        revoked = len(a.process.events("intake_partitions_revoked"))
+        revoked = sum(1 for e in woken if e.get("event") == "intake_partitions_revoked")
         row = await _row(
             "E3 zombie replica (SIGSTOP, SIGCONT)",
             bootstrap,
             prefix,
             load,
             f"replica stopped {resumed_at - stopped_at:.1f}s; its partitions owned by the other"
-            f" {moved:.1f}s after the stop; on waking: transactions failed {dict(errors)},"
-            f" {revoked} revocations",
+            f" {moved:.1f}s after the stop; on waking: transactions failed {dict(errors)}"
+            f" ({fenced} fenced), {revoked} revocations",
         )
     row.details.update(moved_ms=round(moved * 1000), zombie_fenced=fenced, revoked=revoked)
     return row
