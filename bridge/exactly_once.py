@@ -17,6 +17,7 @@ import contextlib
 import heapq
 import itertools
 import time
+import uuid
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -526,7 +527,8 @@ class ExactlyOnce:
         while True:
             producer = AIOKafkaProducer(
                 **connection_kwargs(self.settings.kafka),
-                transactional_id=f"{topics.prefix}.intake-probe",
+                # Its own id: replicas starting together must not fence each other's probe.
+                transactional_id=f"{topics.prefix}.intake-probe-{uuid.uuid4().hex[:12]}",
                 transaction_timeout_ms=self.settings.delivery.transaction_timeout_ms,
             )
             try:
@@ -534,7 +536,7 @@ class ExactlyOnce:
                     await producer.start()
                     await producer.begin_transaction()
                 return
-            except _TRANSIENT as exc:
+            except (*_TRANSIENT, ProducerFenced) as exc:
                 log.warning("transactions_probe_retry", error=type(exc).__name__)
             except TransactionalIdAuthorizationFailed:
                 raise TransactionsUnavailableError(
