@@ -63,6 +63,7 @@ _BATCH: Final = 5000
 _FENCED_GRACE_SECONDS: Final = 3.0
 _RETRY_MAX_SECONDS: Final = 5.0
 _SWEEP_SECONDS: Final = 60.0
+_CLOSE_SECONDS: Final = 2.0
 # Answers to InitProducerId that say the cluster can run transactions after a while.
 _TRANSIENT: Final = (KafkaConnectionError, NodeNotReadyError, RequestTimedOutError, TimeoutError)
 _FENCED: Final = (ProducerFenced,)
@@ -102,6 +103,7 @@ class CommitWatch:
         self._wake = asyncio.Event()
         self._admin: AIOKafkaAdminClient | None = None
         self._coordinator: int | None = None
+        self._admin_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -161,19 +163,35 @@ class CommitWatch:
             await asyncio.sleep(_COMMITTED_POLL_SECONDS)
 
     async def _fetch(self, partitions: list[int]) -> dict[TopicPartition, Any]:
-        if self._admin is None:
-            admin = AIOKafkaAdminClient(**connection_kwargs(self._settings.kafka))
-            await admin.start()
-            self._admin = admin
-        if self._coordinator is None:
-            self._coordinator = await self._admin.find_coordinator(self._group)
+        async with self._admin_lock:  # the poll task and owners opening share one client
+            if self._admin is None:
+                admin = AIOKafkaAdminClient(**connection_kwargs(self._settings.kafka))
+                ask_every_broker(admin._client)
+                await admin.start()
+                self._admin = admin
+            admin = self._admin
         async with asyncio.timeout(self._settings.kafka.request_timeout_ms / 1000 * 2):
-            offsets: dict[TopicPartition, Any] = await self._admin.list_consumer_group_offsets(
+            if self._coordinator is None:
+                self._coordinator = await admin.find_coordinator(self._group)
+            offsets: dict[TopicPartition, Any] = await admin.list_consumer_group_offsets(
                 self._group,
                 self._coordinator,
                 [TopicPartition(self._topic, p) for p in partitions],
             )
         return offsets
+
+    async def committed_offset(self, partition: int) -> int | None:
+        """The group's committed offset of `partition` (None: none yet), asked of the group
+        coordinator with the short request timeout (a frozen coordinator is given up on
+        and found again, where the group's consumer would wait 30 s)."""
+        try:
+            offsets = await self._fetch([partition])
+        except (KafkaError, OSError, TimeoutError):
+            self._coordinator = None
+            await self._close_admin()
+            raise
+        committed = offsets.get(TopicPartition(self._topic, partition))
+        return None if committed is None or committed.offset < 0 else int(committed.offset)
 
     async def _close_admin(self) -> None:
         if self._admin is not None:
@@ -249,7 +267,7 @@ class PartitionOwner:
         self.tickets = await engine.restore(self.state_tp)
         consumer = engine.consumer
         assert consumer is not None
-        committed = await consumer.committed(self.tp)
+        committed = await engine.watch.committed_offset(self.partition)
         if committed is None:
             await consumer.seek_to_beginning(self.tp)
         else:
@@ -271,7 +289,9 @@ class PartitionOwner:
         producer, self.producer = self.producer, None
         if producer is not None:
             try:
-                async with asyncio.timeout(self.engine.settings.kafka.publish_timeout_seconds):
+                # Not long: what it still holds belongs to a transaction that Kafka aborts
+                # (the next owner's fence, or the transaction timeout) if it did not commit.
+                async with asyncio.timeout(_CLOSE_SECONDS):
                     await producer.stop()
             except (TimeoutError, KafkaError) as exc:
                 # An open transaction is aborted by Kafka (timeout, or the next owner).
