@@ -15,8 +15,12 @@ run, and after each bridge config the run's topics are read back: the records, t
 event ids and the bridge's own count of "accepted" answers must be equal, and at least what
 the load saw answered 2xx.
 Installs wrk with apt-get when it is missing (as root); Kafka's jars come from `make kafka`.
+(e) is (b) with BRIDGE_DELIVERY_GUARANTEE=exactly_once (its requests per CPU-second against
+(b)'s), and both guarantees are run open loop at 25 % of (e)'s capacity with a read_committed
+reader timing each event from its due time until it is visible.
 Usage: python bench/ingress.py [--duration S] [--latency-seconds S] [--rates R1,R2]
-       [--linger-ms 0,20] [--no-tansu]; A/B: --base DIR [--rounds N]
+       [--linger-ms 0,20] [--no-tansu] [--no-exactly-once | --exactly-once-only];
+       A/B: --base DIR [--rounds N]
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -46,7 +51,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import loadgen  # bench/loadgen.py, beside this script
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from bridge.catalog import CATEGORIES, EVENTS, UNKNOWN_CATEGORY
 from bridge.devtools.devbroker import KafkaCluster, TansuBroker, free_port
@@ -71,6 +76,7 @@ IDLE_SECONDS = 3.0  # reading Kafka back: give up after this long without a reco
 GOAL_B_OVER_A = 0.6
 GOAL_P99_MS = 30.0
 GOAL_C_OVER_B_PER_CPU = 0.9
+GOAL_E_OVER_B_PER_CPU = 0.7
 
 # Offered rates of the open-loop runs, as fractions of (b)'s closed-loop requests/s.
 LATENCY_FRACTIONS = (0.25, 0.5)
@@ -478,7 +484,13 @@ def server_process(
 
 
 def bridge_env(
-    broker: Broker, prefix: str, port: int, admin_port: int, workers: int, linger_ms: str | None
+    broker: Broker,
+    prefix: str,
+    port: int,
+    admin_port: int,
+    workers: int,
+    linger_ms: str | None,
+    guarantee: str | None = None,
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env.update(broker.env)
@@ -498,6 +510,8 @@ def bridge_env(
     # Only the linger sweep sets it: otherwise the bridge's default is measured.
     if linger_ms is not None:
         env["BRIDGE_KAFKA_LINGER_MS"] = linger_ms
+    if guarantee is not None:
+        env["BRIDGE_DELIVERY_GUARANTEE"] = guarantee
     return env
 
 
@@ -681,12 +695,13 @@ class Bench:
         cores: str | None,
         linger_ms: str | None = None,
         src: Path | None = None,
+        guarantee: str | None = None,
     ) -> Iterator[BridgeProcess]:
         """`src`: a directory holding another `bridge` package to run (python -m from there
         imports it before the installed one), e.g. a `git archive` of the base commit."""
         port, admin_port = free_port(), free_port()
         prefix = f"bench.{uuid.uuid4().hex[:8]}"
-        env = bridge_env(broker, prefix, port, admin_port, workers, linger_ms)
+        env = bridge_env(broker, prefix, port, admin_port, workers, linger_ms, guarantee)
         argv = [sys.executable, "-m", "bridge.cli", "run"]
         if cores is not None:
             argv = ["taskset", "-c", cores, *argv]
@@ -712,11 +727,14 @@ class Bench:
         pinned: bool,
         linger_ms: str | None = None,
         src: Path | None = None,
+        guarantee: str | None = None,
     ) -> Row:
         load_cores = CORE_LOAD if pinned else None
         pin_all_threads(broker, load_cores or (ALL_CORES if self.pin else None))
         server_cores = CORE_SERVER if pinned else None
-        with self.bridge_process(broker, workers, server_cores, linger_ms, src) as bridge:
+        with self.bridge_process(
+            broker, workers, server_cores, linger_ms, src, guarantee
+        ) as bridge:
             warmup, row = self.measure(
                 name, bridge.url, bridge.pid, broker, server_cores, load_cores
             )
@@ -749,6 +767,28 @@ class Bench:
         before = Usage.take(pids, broker, self.server_cores)
         result = run_loadgen(spec, self.logs / f"loadgen-{self.runs}.json", self.load_cores)
         return LatencyRow(name, result, Usage.take(pids, broker, self.server_cores) - before)
+
+    def visibility(
+        self, broker: Broker, rate: float, seconds: int
+    ) -> list[tuple[str, LatencyRow, list[float]]]:
+        """Each guarantee at `rate`: the webhook latency and the time from each request's
+        due time until a read_committed reader sees its event."""
+        pin_all_threads(broker, self.load_cores)
+        out = []
+        for guarantee in ("at_least_once", "exactly_once"):
+            with (
+                self.bridge_process(broker, 1, self.server_cores, guarantee=guarantee) as bridge,
+                Visibility(broker.bootstrap_servers, bridge.prefix) as reader,
+            ):
+                row = self.open_loop(guarantee, bridge.url, bridge.pid, broker, rate, seconds)
+                id_base = self.runs * RUN_ID_STRIDE
+                wait_until(
+                    lambda: len(reader.seen) >= row.load.ok_total,  # noqa: B023
+                    "every answered event visible",
+                    timeout=15,
+                )
+                out.append((guarantee, row, reader.latencies_ms(row.load, id_base)))
+        return out
 
     def latency(
         self, broker: Broker, rates: list[float], seconds: int, lingers: list[str]
@@ -788,6 +828,85 @@ class Bench:
             )
             for name, bridge in bridges
         ]
+
+
+class Visibility:
+    """A read_committed reader of a bridge's category topics, from their end, that notes when
+    each event id becomes visible (CLOCK_MONOTONIC, as the load generator's due times)."""
+
+    def __init__(self, bootstrap: str, prefix: str) -> None:
+        self.seen: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(bootstrap, prefix), daemon=True)
+
+    def __enter__(self) -> Visibility:
+        self._thread.start()
+        if not self._ready.wait(START_TIMEOUT):
+            raise RuntimeError("the visibility reader did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _read(self, bootstrap: str, prefix: str) -> None:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 5,
+            }
+        )
+        try:
+            topics = [f"{prefix}.{c}" for c in CATEGORIES]
+            metadata = consumer.list_topics(timeout=10)
+            # From the end offsets of now (explicit, not OFFSET_END, which librdkafka
+            # resolves only at its first fetch): none of the load's records skipped.
+            consumer.assign(
+                [
+                    TopicPartition(topic, partition, _end_offset(consumer, topic, partition))
+                    for topic in topics
+                    for partition in metadata.topics[topic].partitions
+                ]
+            )
+            self._ready.set()
+            while not self._stop.is_set():
+                for message in consumer.consume(10_000, timeout=0.05):
+                    now = time.monotonic_ns()
+                    if message.error():
+                        continue
+                    for key, value in message.headers() or []:
+                        if key == "event-id" and value is not None:
+                            self.seen.setdefault(int(value), now)
+        finally:
+            consumer.close()
+
+    def latencies_ms(self, result: loadgen.Result, id_base: int) -> list[float]:
+        """Due time to visibility of every measured request (a missing one: infinite)."""
+        out = []
+        for i in range(result.first_measured, result.first_measured + result.sent):
+            due = result.t0_ns + round(i * 1_000_000_000 / result.rate)
+            at = self.seen.get(id_base + i)
+            out.append(math.inf if at is None else (at - due) / 1e6)
+        return sorted(out)
+
+
+def _end_offset(consumer: Consumer, topic: str, partition: int) -> int:
+    """The high watermark, asked again while the topic is new (NOT_LEADER and the like)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            high: int = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=10, cached=False
+            )[1]
+            return high
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def read_back(broker: Broker, prefix: str, answers: Counter[tuple[int, str]]) -> KafkaContent:
@@ -844,6 +963,27 @@ def print_latency_table(rows: list[LatencyRow]) -> None:
             f" {percent(u.share(u.broker)):>12} {percent(u.share(r.cpu_seconds)):>9}"
             f" {percent(u.others):>8} {percent(u.share(u.pressure)):>5}"
         )
+
+
+def print_visibility(rows: list[tuple[str, LatencyRow, list[float]]], rate: float) -> None:
+    header = (
+        f"{'guarantee':<14} {'offered/s':>9} {'answer p50 ms':>13} {'answer p99 ms':>13}"
+        f" {'visible p50 ms':>14} {'visible p99 ms':>14} {'not visible':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, row, visible in rows:
+        seen = [v for v in visible if v != math.inf]
+        print(
+            f"{name:<14} {rate:>9,.0f} {row.load.p50_ms:>13.1f} {row.load.p99_ms:>13.1f}"
+            f" {_pct(seen, 50):>14.1f} {_pct(seen, 99):>14.1f} {len(visible) - len(seen):>11}"
+        )
+
+
+def _pct(ordered: list[float], p: float) -> float:
+    if not ordered:
+        return math.nan
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
 
 
 def print_latency_ratios(rows: list[LatencyRow], capacity: float) -> None:
@@ -970,9 +1110,17 @@ def main() -> int:
         " bridge | tar -x -C DIR`); runs (b) alternately from there and from this tree",
     )
     parser.add_argument("--rounds", type=int, default=3, help="A/B mode: pairs of (b) runs")
+    parser.add_argument("--no-exactly-once", action="store_true", help="skip the exactly_once rows")
+    parser.add_argument(
+        "--exactly-once-only",
+        action="store_true",
+        help="only (b), (e) (exactly_once) and the read_committed visibility latency",
+    )
     args = parser.parse_args()
     if args.base is not None:
         return compare(args.base, args.rounds, args.duration)
+    if args.exactly_once_only:
+        return exactly_once_only(args.duration, args.latency_seconds)
     wrk = ensure_wrk()
     pin = len(os.sched_getaffinity(0)) >= 2
     if not pin:
@@ -996,18 +1144,24 @@ def main() -> int:
                 bench.bridge(f"(b) linger_ms={linger}", kafka, 1, pinned=pin, linger_ms=linger)
                 for linger in lingers
             ]
+            e = None if args.no_exactly_once else exactly_once_row(bench, kafka, pin)
             capacity = b.wrk.rate
             rates = [float(x) for x in args.rates.split(",") if x.strip()] or [
                 round(fraction * capacity) for fraction in LATENCY_FRACTIONS
             ]
             if args.latency_seconds > 0:
                 latency, checks = bench.latency(kafka, rates, args.latency_seconds, lingers)
+            visibility: list[tuple[str, LatencyRow, list[float]]] = []
+            e_rate = 0.0
+            if e is not None and args.latency_seconds > 0:
+                e_rate = round(0.25 * e.wrk.rate)
+                visibility = bench.visibility(kafka, e_rate, args.latency_seconds)
         if not args.no_tansu:
             with tansu_broker(logs, bench.load_cores) as broker:
                 tansu = bench.bridge("(b) bridge 1 worker, pinned, tansu", broker, 1, pinned=pin)
 
     placement = "server on core 0; wrk, load generator and Kafka on core 1" if pin else "unpinned"
-    rows = [a, b, c, *sweep, *([tansu] if tansu else [])]
+    rows = [a, b, c, *sweep, *([e] if e else []), *([tansu] if tansu else [])]
     print(f"machine at start: {started}")
     print(
         f"ingress capacity (closed loop): wrk -t{WRK_THREADS} -c{CONNECTIONS},"
@@ -1035,6 +1189,8 @@ def main() -> int:
     print(f"b/a requests per CPU-s:   {b.per_cpu / a.per_cpu:.2f}  (less sensitive to other load)")
     if tansu is not None:
         print(f"b on Kafka / b on tansu requests per CPU-s: {b.per_cpu / tansu.per_cpu:.2f}")
+    if e is not None:
+        report_exactly_once(b, e, visibility, e_rate)
     if pin:
         for row in (a, b):
             share = row.usage.share(row.usage.server)
@@ -1059,7 +1215,8 @@ def main() -> int:
         print_latency_table(latency)
         print()
         print_latency_ratios(latency, capacity)
-    checks = [KafkaCheck.of(row) for row in (b, c, *sweep, *([tansu] if tansu else []))] + checks
+    checked = (b, c, *sweep, *([e] if e else []), *([tansu] if tansu else []))
+    checks = [KafkaCheck.of(row) for row in checked] + checks
     results = [check.passed() for check in checks]
     errors = 0
     for row in rows:
@@ -1081,6 +1238,63 @@ def main() -> int:
                 f" {r.statuses or '-'}), {r.socket_errors} socket errors,"
                 f" {r.unanswered} unanswered"
             )
+    print(f"failed requests (non-2xx, socket errors, timeouts), all configs: {errors}")
+    return 0 if all(results) and not errors else 1
+
+
+def exactly_once_row(bench: Bench, kafka: Broker, pin: bool) -> Row:
+    return bench.bridge(
+        "(e) bridge 1 worker, pinned, exactly_once",
+        kafka,
+        1,
+        pinned=pin,
+        guarantee="exactly_once",
+    )
+
+
+def report_exactly_once(
+    b: Row, e: Row, visibility: list[tuple[str, LatencyRow, list[float]]], rate: float
+) -> None:
+    ratio = e.per_cpu / b.per_cpu
+    print(
+        f"e/b requests per CPU-s:   {ratio:.2f}  (exactly_once against at_least_once, goal >="
+        f" {GOAL_E_OVER_B_PER_CPU}: {verdict(ratio >= GOAL_E_OVER_B_PER_CPU)})"
+    )
+    print(f"e/b requests/s:           {e.wrk.rate / b.wrk.rate:.2f}")
+    if visibility:
+        print()
+        print(
+            f"send to read_committed visibility (open loop at {rate:,.0f}/s = 25 % of (e)'s"
+            " closed-loop capacity; from each request's due time until a read_committed"
+            " confluent-kafka reader, fetch.wait.max.ms=5, got its record)"
+        )
+        print_visibility(visibility, rate)
+
+
+def exactly_once_only(seconds: int, latency_seconds: int) -> int:
+    """(b) and (e) in the same run, then the visibility latency of both guarantees."""
+    wrk = ensure_wrk()
+    pin = len(os.sched_getaffinity(0)) >= 2
+    started = machine()
+    with tempfile.TemporaryDirectory(prefix="bench-ingress-") as tmp:
+        logs = Path(tmp)
+        script = logs / "seed.lua"
+        script.write_text(lua_script(seed_templates()))
+        bench = Bench(wrk, script, logs, seconds, pin)
+        with kafka_broker(logs, bench.load_cores) as kafka:
+            b = bench.bridge("(b) bridge 1 worker, pinned", kafka, 1, pinned=pin)
+            e = exactly_once_row(bench, kafka, pin)
+            rate = round(0.25 * e.wrk.rate)
+            visibility = bench.visibility(kafka, rate, latency_seconds) if latency_seconds else []
+    print(f"machine at start: {started}")
+    print_table([b, e])
+    print()
+    report_exactly_once(b, e, visibility, rate)
+    results = [KafkaCheck.of(row).passed() for row in (b, e)]
+    errors = sum(r.wrk.non2xx + r.wrk.socket_errors + r.wrk.timeouts for r in (b, e))
+    errors += sum(
+        row.load.non2xx + row.load.socket_errors + row.load.unanswered for _, row, _ in visibility
+    )
     print(f"failed requests (non-2xx, socket errors, timeouts), all configs: {errors}")
     return 0 if all(results) and not errors else 1
 

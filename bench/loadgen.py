@@ -122,6 +122,10 @@ class Result:
     queued: int  # sent late because every connection was busy (server-caused)
     max_in_flight: int
     cpu_seconds: float  # the generator's own, whole run
+    # Request i was due at t0_ns + i/rate (CLOCK_MONOTONIC, shared by the machine's
+    # processes): a reader of the topics times each event from its due time.
+    t0_ns: int = 0
+    first_measured: int = 0
 
 
 def percentile(ordered: list[int], p: float) -> float:
@@ -343,6 +347,8 @@ class OpenLoop:
             queued=self._queued,
             max_in_flight=self._max_in_flight,
             cpu_seconds=cpu,
+            t0_ns=self._t0,
+            first_measured=self._first_measured,
         )
 
 

@@ -28,12 +28,13 @@ from bridge.auth import Authenticator
 from bridge.codec import Codec
 from bridge.config import BridgeSettings, SchemaSettings
 from bridge.dedupe import RecentIds
-from bridge.errors import SchemaRejectedError
+from bridge.errors import SchemaRejectedError, TransactionsUnavailableError
+from bridge.exactly_once import CommitWatch, ExactlyOnce, IntakeSink
 from bridge.ingress import AccessLogger, Ingress, build_admin_app, build_public_app
 from bridge.logs import configure_logging
 from bridge.models import CanonicalEvent
 from bridge.poller import Poller, PollResult
-from bridge.publisher import Publisher, connection_kwargs, idempotence_refused
+from bridge.publisher import Publisher, group_connection_kwargs, idempotence_refused
 from bridge.registry import SchemaRegistration, SchemaToRegister, subject_name
 from bridge.state import StateStore, StateSync
 
@@ -89,7 +90,7 @@ def _state(
         publisher.topics.state,
         settings.poller,
         publisher.publish_state,
-        connection_kwargs(settings.kafka),
+        group_connection_kwargs(settings.kafka),
         topic_ready=publisher.wait_ready if in_group else None,
     )
     return store, sync
@@ -97,12 +98,15 @@ def _state(
 
 @contextlib.asynccontextmanager
 async def tracking(
-    settings: BridgeSettings, publisher: Publisher, dedupe: RecentIds
+    settings: BridgeSettings,
+    publisher: Publisher,
+    dedupe: RecentIds,
+    sink: IntakeSink | None = None,
 ) -> AsyncIterator[Tracking]:
     """Ticket state (restored from and written to the state topic) and the poller."""
     client = ApizeeClient(settings.apizee)
     store, sync = _state(settings, publisher, in_group=True)
-    poller = Poller(settings.poller, client, publisher, store, dedupe)
+    poller = Poller(settings.poller, client, publisher, store, dedupe, sink=sink)
     store.on_owned_change = poller.reschedule_owned
     store.on_owned_record = poller.track
     await client.start()
@@ -159,17 +163,32 @@ async def schema_registration(
 
 
 @contextlib.asynccontextmanager
+async def exactly_once_engine(
+    settings: BridgeSettings, publisher: Publisher
+) -> AsyncIterator[ExactlyOnce]:
+    """exactly_once: this replica's member of the intake group (bridge/exactly_once.py)."""
+    engine = ExactlyOnce(settings, publisher)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
+@contextlib.asynccontextmanager
 async def bridge_resources(settings: BridgeSettings) -> AsyncIterator[Ingress]:
     """Create the producer and the shared state; close them in reverse on exit."""
     codec = Codec()
     dedupe = RecentIds(settings.dedupe.window_seconds, settings.dedupe.max_entries)
     polling = polling_enabled(settings)
     registry_mode = settings.schema.registry_url is not None
+    exact = settings.delivery.guarantee == "exactly_once"
     publisher = Publisher(
         settings.kafka,
         codec,
         max_body_bytes=settings.ingress.max_body_bytes,
         state_topic=polling,
+        intake_topics=exact,
         schemas_pending=registry_mode,
     )
     await publisher.start()
@@ -180,9 +199,15 @@ async def bridge_resources(settings: BridgeSettings) -> AsyncIterator[Ingress]:
                 registration = await stack.enter_async_context(
                     schema_registration(settings.schema, codec, publisher)
                 )
+            engine = None
+            if exact:
+                engine = await stack.enter_async_context(exactly_once_engine(settings, publisher))
+            sink = None if engine is None else engine.sink
             tracker = None
             if polling:
-                tracker = await stack.enter_async_context(tracking(settings, publisher, dedupe))
+                tracker = await stack.enter_async_context(
+                    tracking(settings, publisher, dedupe, sink)
+                )
             else:
                 log.info("poller_disabled", reason="BRIDGE_APIZEE_BASE_URL not set or disabled")
             yield Ingress(
@@ -192,6 +217,8 @@ async def bridge_resources(settings: BridgeSettings) -> AsyncIterator[Ingress]:
                 dedupe=dedupe,
                 tracker=tracker,
                 schemas=registration,
+                sink=sink,
+                delivery=engine,
             )
     finally:
         await publisher.stop()
@@ -215,11 +242,13 @@ async def backfill(
     codec = Codec()
     dedupe = RecentIds(settings.dedupe.window_seconds, settings.dedupe.max_entries)
     registry_mode = settings.schema.registry_url is not None
+    exact = settings.delivery.guarantee == "exactly_once"
     publisher = Publisher(
         settings.kafka,
         codec,
         max_body_bytes=settings.ingress.max_body_bytes,
         state_topic=True,
+        intake_topics=exact,
         schemas_pending=registry_mode,
     )
     await publisher.start()
@@ -243,8 +272,16 @@ async def backfill(
             raise BackfillError(str(exc)) from None
         store, sync = _state(settings, publisher, in_group=False)
         await sync.restore_all(await publisher.partition_count(publisher.topics.state))
+        sink = None
+        if exact:
+            # Through the intake like the webhooks: the running replicas' owners write each
+            # event once; a gap is done when its transaction committed.
+            watch = CommitWatch(settings, publisher.topics.intake)
+            await watch.start()
+            stack.push_async_callback(watch.stop)
+            sink = IntakeSink(publisher, watch)
         async with ApizeeClient(settings.apizee) as client:
-            poller = Poller(settings.poller, client, publisher, store, dedupe)
+            poller = Poller(settings.poller, client, publisher, store, dedupe, sink=sink)
             semaphore = asyncio.Semaphore(settings.poller.concurrency)
 
             async def one(ticket_id: int) -> PollResult:
@@ -343,7 +380,7 @@ async def serve(
             )
             if on_listening is not None:
                 on_listening(listening)
-            await _until_stopped(stop, ingress.schemas)
+            await _until_stopped(stop, ingress.schemas, ingress.delivery)
             log.info("shutting_down", grace_seconds=ingress_settings.shutdown_grace_seconds)
             ingress.shutting_down = True
         finally:
@@ -355,18 +392,26 @@ async def serve(
     log.info("stopped")
 
 
-async def _until_stopped(stop: asyncio.Event, schemas: object) -> None:
+async def _until_stopped(stop: asyncio.Event, schemas: object, delivery: object) -> None:
     """Until `stop` is set; raises SchemaRejectedError at once if the registry refused a
-    schema (the bridge must not run on: it could never publish)."""
-    if not isinstance(schemas, SchemaRegistration):
+    schema, TransactionsUnavailableError if exactly_once cannot run (the bridge must not run
+    on: it could never publish, or not as promised)."""
+    watched: set[asyncio.Future[Any]] = set()
+    if isinstance(schemas, SchemaRegistration):
+        watched.add(schemas.finished)
+    if isinstance(delivery, ExactlyOnce):
+        watched.add(delivery.fatal)
+    if not watched:
         await stop.wait()
         return
     stopping = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait({stopping, schemas.finished}, return_when=asyncio.FIRST_COMPLETED)
-        if schemas.finished.done():
-            schemas.finished.result()  # raises SchemaRejectedError when refused
-            await stopping
+        pending: set[asyncio.Future[Any]] = {stopping, *watched}
+        while not stopping.done():
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in done - {stopping}:
+                if not future.cancelled():
+                    future.result()  # raises what made it fatal
     finally:
         stopping.cancel()
 
@@ -396,7 +441,7 @@ def _worker_main(settings: BridgeSettings) -> None:
 
     try:
         uvloop.run(serve(settings, reuse_port=True))
-    except SchemaRejectedError:
+    except (SchemaRejectedError, TransactionsUnavailableError):
         # Logged once where it happened; no traceback on top of that line.
         raise SystemExit(2) from None
 

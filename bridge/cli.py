@@ -32,7 +32,7 @@ def _load_settings_or_exit(
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from bridge.app import run, run_workers
-    from bridge.errors import SchemaRejectedError
+    from bridge.errors import SchemaRejectedError, TransactionsUnavailableError
 
     overrides: dict[str, Any] = {}
     if args.workers is not None:
@@ -42,8 +42,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return run_workers(settings, settings.ingress.workers)
     try:
         run(settings)
-    except SchemaRejectedError:
-        # Logged once where it happened: the subject and the registry's message.
+    except (SchemaRejectedError, TransactionsUnavailableError):
+        # Logged once where it happened: the subject and the registry's message, or why
+        # the cluster cannot run exactly_once.
         return EXIT_CONFIG
     return 0
 

@@ -195,16 +195,28 @@ class KafkaSettings(_Section):
         description="Compression of producer batches: none, gzip, lz4, zstd or snappy.",
     )
     request_timeout_ms: int = Field(
-        default=30000,
+        default=3000,
         ge=1,
-        description="How long the producer waits for a broker response before retrying (ms).",
+        description=(
+            "How long the producer waits for a broker's answer before it gives up on that"
+            " request, reconnects and sends it again (ms; the idempotent producer makes the"
+            " resend harmless). It bounds what a hung broker (frozen, not dead: its"
+            " connections stay open) costs the partitions it led: their records wait for the"
+            " requests in flight to it, so they reach the new leader at most this long after"
+            " Kafka's failover. Kafka's client default (30000) made a frozen leader cost up"
+            " to 30 s. Consumers in a group wait at least 30000 (a JoinGroup lasts a whole"
+            " rebalance). Metadata is asked of every broker at once; the first answer counts."
+        ),
     )
     publish_timeout_seconds: float = Field(
         default=10.0,
         gt=0,
         description=(
             "How long a webhook waits for the broker acknowledgement before the bridge answers"
-            " 503 with Retry-After (the sender retries, the poller fills the gap)."
+            " 503 `publish_timeout` with Retry-After. Such a 503 means *maybe stored*: the"
+            " record may still be written. A retry of the same event id meanwhile waits for"
+            " that record (at most this long again) instead of writing a second copy, and is"
+            " answered `duplicate` once it landed."
         ),
     )
     retry_backoff_ms: int = Field(
@@ -667,6 +679,68 @@ class DedupeSettings(_Section):
     )
 
 
+class DeliverySettings(_Section):
+    """What a 200 promises about copies: at least once, or exactly once for read_committed
+    consumers (Kafka transactions; docs/exactly-once.md)."""
+
+    SECTION = "delivery"
+
+    guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        default="at_least_once",
+        description=(
+            "`at_least_once`: every acknowledged event is in Kafka; a copy may be written twice"
+            " (a bridge killed mid-request, an id recognised by no dedupe window)."
+            " `exactly_once`: every event id appears once for consumers reading with"
+            " `isolation.level=read_committed`, whatever the retries, replicas, restarts and"
+            " broker faults: webhooks go through an intake topic whose partitions the replicas"
+            " share, and each partition's owner writes the category records, the ticket's"
+            " dedupe state and its intake offsets in one transaction per commit interval."
+            " Needs brokers with transactions (Apache Kafka; tansu is refused at start)."
+        ),
+    )
+    commit_interval_ms: int = Field(
+        default=100,
+        ge=1,
+        description=(
+            "exactly_once: how long an intake partition's owner gathers webhooks into one"
+            " transaction (group commit). Webhooks are answered when their transaction"
+            " committed, so this adds to their latency; shorter costs more transactions."
+        ),
+    )
+    transaction_timeout_ms: int = Field(
+        default=10_000,
+        ge=1000,
+        description=(
+            "exactly_once: Kafka aborts a transaction left open this long (an owner that died"
+            " in the middle). Until then read_committed consumers of the partitions it wrote"
+            " wait, so it is kept near the intake group's session timeout"
+            " (BRIDGE_POLLER_GROUP_SESSION_TIMEOUT_MS, after which a new owner fences the old"
+            " one and aborts its transaction at once). Within the broker's"
+            " transaction.max.timeout.ms."
+        ),
+    )
+    horizon_hours: float = Field(
+        default=168.0,
+        gt=0,
+        description=(
+            "exactly_once: how long a ticket's event ids are kept after its last event to"
+            " recognise resent ids (the dedupe state topic `{prefix}.intake-state`, compacted;"
+            " then a tombstone). A copy resent later than this would be written again."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _interval_within_timeout(self) -> DeliverySettings:
+        if self.commit_interval_ms * 10 > self.transaction_timeout_ms:
+            raise _problem(
+                "delivery",
+                "commit_interval_ms",
+                f"must be at most a tenth of {env_name('delivery', 'transaction_timeout_ms')}"
+                f" ({self.transaction_timeout_ms}): a transaction lasts about one interval",
+            )
+        return self
+
+
 class LogSettings(_Section):
     """Process logging."""
 
@@ -877,6 +951,7 @@ class BridgeSettings(_KafkaSections):
     admin: AdminSettings = Field(description="Admin HTTP server.")
     auth: AuthSettings = Field(description="Webhook authentication.")
     dedupe: DedupeSettings = Field(description="Duplicate delivery window.")
+    delivery: DeliverySettings = Field(description="Delivery guarantee.")
     log: LogSettings = Field(description="Logging.")
     apizee: ApizeeSettings = Field(description="Apizee REST API (the poller's source).")
     poller: PollerSettings = Field(description="Gap-filling poller.")

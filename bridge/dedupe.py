@@ -2,6 +2,9 @@
 
 Apizee may deliver a webhook twice and a sender retries after a 503 whose record landed
 anyway; an id published within the window answers "duplicate" instead of a second record.
+An id stays claimed while its record is anywhere between the producer and the broker, also
+after its request was answered 503 `publish_timeout`: a retry meanwhile waits for that
+record's outcome instead of sending a second copy.
 """
 
 from __future__ import annotations
@@ -9,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
+
+from bridge.errors import PublishTimeoutError
 
 
 class RecentIds:
@@ -40,6 +46,11 @@ class RecentIds:
         self._expire()
         return event_id in self._seen
 
+    @property
+    def in_flight(self) -> int:
+        """Ids claimed now: being published, or abandoned by a timeout and not landed yet."""
+        return len(self._pending)
+
     def add(self, event_id: int) -> None:
         self._seen.pop(event_id, None)
         self._seen[event_id] = self._clock()
@@ -56,12 +67,16 @@ class RecentIds:
                 break
             del seen[oldest]
 
-    async def claim(self, event_id: int) -> bool:
+    async def claim(self, event_id: int, within: float | None = None) -> bool:
         """True if the caller should publish `event_id`; False if it is a duplicate.
 
-        While another delivery of the same id is being published, wait for its outcome:
-        a success makes this one a duplicate, a failure hands the publishing over.
+        While another delivery of the same id is being published (or its record, abandoned
+        by a publish timeout, is still on its way), wait for its outcome: a success makes
+        this one a duplicate, a failure hands the publishing over. Waits at most `within`
+        seconds, then raises PublishTimeoutError: the earlier record may still land, and a
+        second copy now would be a duplicate for the consumers.
         """
+        deadline = None if within is None else asyncio.get_running_loop().time() + within
         while True:
             if event_id in self:
                 return False
@@ -69,7 +84,13 @@ class RecentIds:
             if pending is None:
                 self._pending[event_id] = asyncio.get_running_loop().create_future()
                 return True
-            await asyncio.shield(pending)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(pending)
+            except TimeoutError:
+                raise PublishTimeoutError(
+                    "an earlier delivery of this event is still on its way to Kafka"
+                ) from None
 
     def release(self, event_id: int, published: bool) -> None:
         """End a claim: remember the id when it was published, wake concurrent deliveries."""
@@ -78,3 +99,24 @@ class RecentIds:
         pending = self._pending.pop(event_id, None)
         if pending is not None and not pending.done():
             pending.set_result(published)
+
+    def release_when_landed(
+        self,
+        event_id: int,
+        landing: asyncio.Future[Any],
+        on_landed: Callable[[], None] | None = None,
+    ) -> None:
+        """End a claim whose publish timed out once its record's outcome is known.
+
+        `landing` is the producer's future of the abandoned record: written (its result), or
+        not (its exception). Until then the id stays claimed; once written it is remembered
+        like any published id and `on_landed` runs (the ticket state learns it).
+        """
+
+        def done(future: asyncio.Future[Any]) -> None:
+            landed = not future.cancelled() and future.exception() is None
+            if landed and on_landed is not None:
+                on_landed()
+            self.release(event_id, landed)
+
+        landing.add_done_callback(done)

@@ -5,7 +5,9 @@ The ingress maps each class to one HTTP status and one metric reason; nothing el
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 
 class BridgeError(Exception):
@@ -67,9 +69,19 @@ class KafkaUnavailableError(PublishError):
 
 
 class PublishTimeoutError(PublishError):
-    """No acknowledgement within the publish timeout; the record may still land later."""
+    """No acknowledgement within the publish timeout: the event is *maybe stored*.
+
+    `landing`, when set, is the producer's future of the record that was handed over and
+    abandoned: it may still be written (and then resolves with its metadata). The dedupe
+    window keeps the id claimed until it resolves, so that a retry meanwhile waits for it
+    instead of writing a second copy, and a retry after it landed is a duplicate.
+    """
 
     kind = "publish_timeout"
+
+    def __init__(self, reason: str, *, landing: asyncio.Future[Any] | None = None) -> None:
+        super().__init__(reason)
+        self.landing = landing
 
 
 class RecordTooLargeError(BridgeError):
@@ -205,3 +217,9 @@ class SchemaRejectedError(SchemaRegistryError):
         )
         self.subject = subject
         self.registry_message = registry_message
+
+
+class TransactionsUnavailableError(BridgeError):
+    """exactly_once was asked for, but the cluster cannot run Kafka transactions (a broker
+    without them, such as tansu, or no right to a transactional id): the bridge refuses to
+    start rather than run with a weaker guarantee than configured."""

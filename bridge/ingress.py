@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final, Protocol
 
 import orjson
@@ -32,6 +33,7 @@ from bridge.errors import (
     InvalidEventError,
     OverCapacityError,
     PublishError,
+    PublishTimeoutError,
     RecordTooLargeError,
     RequestTimeoutError,
     SchemasNotRegisteredError,
@@ -73,6 +75,20 @@ class Schemas(Protocol):
     def not_ready_reason(self) -> str | None: ...
 
 
+class EventSink(Protocol):
+    """Where events go: the Publisher (at_least_once), or exactly_once's intake, whose
+    publish() returns once the transaction holding the event committed."""
+
+    async def publish(self, event: CanonicalEvent) -> None: ...
+
+
+class Delivery(Protocol):
+    """exactly_once: the intake group's member (bridge.exactly_once.ExactlyOnce)."""
+
+    @property
+    def not_ready_reason(self) -> str | None: ...
+
+
 @dataclass
 class Ingress:
     """What the webhook handler needs, shared with the admin app for readiness."""
@@ -83,6 +99,9 @@ class Ingress:
     dedupe: RecentIds
     tracker: Tracker | None = None
     schemas: Schemas | None = None
+    # exactly_once: the intake (events go through it) and its engine (readiness).
+    sink: EventSink | None = None
+    delivery: Delivery | None = None
     shutting_down: bool = field(default=False)
     # Webhooks being handled now; the gauge samples it (see sample_gauges).
     in_flight: int = field(default=0)
@@ -101,6 +120,8 @@ class Ingress:
         reason = self.publisher.not_ready_reason
         if reason is None and self.schemas is not None:
             reason = self.schemas.not_ready_reason
+        if reason is None and self.delivery is not None:
+            reason = self.delivery.not_ready_reason
         if reason is None and self.tracker is not None:
             reason = self.tracker.not_ready_reason
         return reason
@@ -346,16 +367,24 @@ async def _receive(
         request_id=request[REQUEST_ID], received_at_ms=received_at_ms, ticket_id=event.ticket_id
     )
     tracker = ingress.tracker
+    # A delivery of this id still on its way (maybe a record abandoned by an earlier 503) is
+    # waited for, as long as a publish of our own would be: never a second copy meanwhile.
+    within = ingress.settings.kafka.publish_timeout_seconds
     if (tracker is not None and tracker.seen(event.ticket_id, event.event_id)) or not (
-        await ingress.dedupe.claim(event.event_id)
+        await ingress.dedupe.claim(event.event_id, within)
     ):
         request[REASON] = "duplicate"
         _DUPLICATES_BY("WEBHOOK").inc()
         return _json(200, {"status": "duplicate", "eventId": event.event_id})
     published = False
+    landing = None
     try:
-        await ingress.publisher.publish(event)
+        await (ingress.sink or ingress.publisher).publish(event)
         published = True
+    except PublishTimeoutError as exc:
+        # Maybe stored: the id stays claimed until the record's outcome is known.
+        landing = exc.landing
+        raise
     except RecordTooLargeError as exc:
         # Valid, but its record can never fit its topic: kept raw on the DLQ, answered 413.
         await ingress.publisher.publish_dlq(
@@ -373,7 +402,11 @@ async def _receive(
         )
         raise
     finally:
-        ingress.dedupe.release(event.event_id, published)
+        if landing is not None:
+            on_landed = None if tracker is None else partial(tracker.published, event)
+            ingress.dedupe.release_when_landed(event.event_id, landing, on_landed)
+        else:
+            ingress.dedupe.release(event.event_id, published)
     if tracker is not None:
         tracker.published(event)
 

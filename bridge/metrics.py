@@ -190,6 +190,30 @@ KAFKA_METADATA_AGE = Gauge(
     "Seconds since cluster metadata was last fetched successfully.",
     multiprocess_mode="livemax",
 )
+# exactly_once (bridge/exactly_once.py): the intake partitions' owners and their transactions.
+INTAKE_PARTITIONS_OWNED = Gauge(
+    f"{PREFIX}_intake_partitions_owned",
+    "exactly_once: intake partitions this replica owns (writes transactions for).",
+    multiprocess_mode="livesum",
+)
+TRANSACTIONS = Counter(
+    f"{PREFIX}_transactions_total",
+    "exactly_once: intake transactions by outcome: committed, failed (aborted or unknown;"
+    " the partition is fenced, restored and its records processed again), fenced (another"
+    " replica owns the partition now).",
+    ["outcome"],
+)
+TRANSACTION_DURATION = Histogram(
+    f"{PREFIX}_transaction_duration_seconds",
+    "exactly_once: from a transaction's first record to its commit.",
+    buckets=_LATENCY_BUCKETS,
+)
+TRANSACTION_RECORDS = Counter(
+    f"{PREFIX}_transaction_records_total",
+    "exactly_once: intake records the owners processed: written to their topic, or dropped"
+    " as a copy of an id the ticket's state holds.",
+    ["outcome"],
+)
 # A gauge rather than an Info: Info has no multiprocess mode.
 BUILD_INFO = Gauge(
     f"{PREFIX}_build_info",

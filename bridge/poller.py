@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Final, Protocol
 
 import structlog
@@ -25,9 +26,15 @@ from bridge.apizee import TicketEvents
 from bridge.catalog import EVENTS, TERMINAL_EVENT_TYPES, UNKNOWN_CATEGORY, category_of
 from bridge.config import PollerSettings
 from bridge.dedupe import RecentIds
-from bridge.errors import ApizeeError, InvalidEventError, PublishError, RecordTooLargeError
+from bridge.errors import (
+    ApizeeError,
+    InvalidEventError,
+    PublishError,
+    PublishTimeoutError,
+    RecordTooLargeError,
+)
 from bridge.logs import Throttled
-from bridge.models import RestEvent, Source, from_rest
+from bridge.models import CanonicalEvent, RestEvent, Source, from_rest
 from bridge.publisher import Publisher
 from bridge.state import StateStore, StateSync, now_ms
 
@@ -38,6 +45,12 @@ _PUBLISH_FAILED: Final = Throttled("poll_publish_failed")
 def _rejection_key(raw: bytes) -> str:
     """Identity of a rejected item, so that each reaches the DLQ once per ticket."""
     return hashlib.sha256(raw).hexdigest()[:16]
+
+
+class EventSink(Protocol):
+    """Where gaps are published: the Publisher, or exactly_once's intake."""
+
+    async def publish(self, event: CanonicalEvent) -> None: ...
 
 
 class EventLister(Protocol):
@@ -77,10 +90,13 @@ class Poller:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        sink: EventSink | None = None,
     ) -> None:
         self._settings = settings
         self._lister = lister
         self._publisher = publisher
+        # exactly_once: gaps go through the intake like webhooks (see bridge.exactly_once).
+        self._sink: EventSink = sink or publisher
         self._store = store
         self._dedupe = dedupe
         self._clock = clock
@@ -351,17 +367,23 @@ class Poller:
                 fetched, item.model_dump_json().encode(), exc.kind, exc.reason, result
             )
             return
-        if not await self._dedupe.claim(event.event_id):
+        within = self._publisher.publish_timeout
+        if not await self._dedupe.claim(event.event_id, within):
             # Published by this process meanwhile (the dedupe window holds only published
             # ids): make sure the state knows it too, or every later poll finds it again.
             self._store.record(ticket_id, event.event_id, event.event_type, event.occurred_at_ms)
             result.present += 1
             return
         published = False
-        publishing = asyncio.ensure_future(self._publisher.publish(event))
+        landing = None
+        publishing = asyncio.ensure_future(self._sink.publish(event))
         try:
             await asyncio.shield(publishing)
             published = True
+        except PublishTimeoutError as exc:
+            # Maybe stored: the id stays claimed until the record's outcome is known.
+            landing = exc.landing
+            raise
         except RecordTooLargeError as exc:
             # Never fits its topic: kept raw on the DLQ instead of being tried every poll.
             log.warning("poll_record_too_large", ticket_id=ticket_id, reason=exc.reason)
@@ -376,7 +398,20 @@ class Poller:
             published = not publishing.cancelled() and publishing.exception() is None
             raise
         finally:
-            self._dedupe.release(event.event_id, published)
+            if landing is not None:
+                self._dedupe.release_when_landed(
+                    event.event_id,
+                    landing,
+                    partial(
+                        self._store.record,
+                        ticket_id,
+                        event.event_id,
+                        event.event_type,
+                        event.occurred_at_ms,
+                    ),
+                )
+            else:
+                self._dedupe.release(event.event_id, published)
             if published:
                 self._store.record(
                     ticket_id, event.event_id, event.event_type, event.occurred_at_ms

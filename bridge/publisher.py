@@ -47,12 +47,16 @@ from bridge.errors import (
     SchemasNotRegisteredError,
 )
 from bridge.logs import name_brokers
+from bridge.metadata import ask_every_broker
 from bridge.models import CanonicalEvent
 
 log = structlog.get_logger(__name__)
 
 DLQ_SUFFIX: Final = "dlq"
 STATE_SUFFIX: Final = "bridge-state"
+# exactly_once: what the replicas' intake group reads, and its owners' dedupe state.
+INTAKE_SUFFIX: Final = "intake"
+INTAKE_STATE_SUFFIX: Final = "intake-state"
 # The state topic keeps the latest record per ticket; older ones may be compacted away.
 _STATE_TOPIC_CONFIG: Final = {"cleanup.policy": "compact"}
 # Replication of created topics when the setting is -1: this, or fewer on a smaller cluster.
@@ -94,6 +98,14 @@ class TopicNames:
     def state(self) -> str:
         return self.category(STATE_SUFFIX)
 
+    @property
+    def intake(self) -> str:
+        return self.category(INTAKE_SUFFIX)
+
+    @property
+    def intake_state(self) -> str:
+        return self.category(INTAKE_STATE_SUFFIX)
+
     def events(self) -> list[str]:
         """The topics events and dead letters go to."""
         return [self.category(c) for c in (*CATEGORIES, UNKNOWN_CATEGORY, DLQ_SUFFIX)]
@@ -119,6 +131,18 @@ def _ack_done(waiter: asyncio.Future[None], ack: asyncio.Future[Any]) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One event's record, encoded for its topic (Publisher.event_record)."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    route: _Route
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Route:
     """Everything per eventType that the hot path would otherwise recompute."""
 
@@ -128,6 +152,18 @@ class _Route:
     topic_kind: str
     event_type_header: bytes
     fingerprint_header: bytes
+
+
+# A JoinGroup waits on the broker for the whole rebalance (up to the session timeout of a
+# member that died): a client in a group must wait longer than the producer's short timeout.
+GROUP_REQUEST_TIMEOUT_MS: Final = 30_000
+
+
+def group_connection_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """connection_kwargs() for a consumer that joins a group (see GROUP_REQUEST_TIMEOUT_MS)."""
+    kwargs = connection_kwargs(settings)
+    kwargs["request_timeout_ms"] = max(settings.request_timeout_ms, GROUP_REQUEST_TIMEOUT_MS)
+    return kwargs
 
 
 def connection_kwargs(settings: KafkaSettings) -> dict[str, Any]:
@@ -300,6 +336,7 @@ class Publisher:
         health_interval: float = 2.0,
         on_acked: Callable[[CanonicalEvent], None] | None = None,
         state_topic: bool = False,
+        intake_topics: bool = False,
         schemas_pending: bool = False,
     ) -> None:
         self._settings = settings
@@ -321,6 +358,10 @@ class Publisher:
         self.topics = TopicNames(settings.topic_prefix)
         # The topics this publisher needs (and creates when allowed).
         self.required_topics = self.topics.events() + ([self.topics.state] if state_topic else [])
+        if intake_topics:
+            self.required_topics += [self.topics.intake, self.topics.intake_state]
+        # Keyed by ticket, the latest record of each is all that counts: compacted.
+        self._compacted = {self.topics.state, self.topics.intake_state}
         self._routes = self._build_routes()
         # Metric children by label values, looked up once each (off the hot path).
         self._published_by = metrics.Children(metrics.EVENTS_PUBLISHED)
@@ -414,6 +455,11 @@ class Publisher:
         return self._healthy
 
     @property
+    def publish_timeout(self) -> float:
+        """Seconds a publish waits for its acknowledgement (then PublishTimeoutError)."""
+        return self._timeout
+
+    @property
     def not_ready_reason(self) -> str | None:
         # Both when both hold: a broker answers metadata on the connection that carries the
         # produce requests, one request at a time, so produce requests waiting for replicas
@@ -492,6 +538,8 @@ class Publisher:
                 None if settings.compression_type == "none" else settings.compression_type
             ),
         )
+        # A hung broker must not hold the metadata refreshes that find its replacements.
+        ask_every_broker(producer.client)
         try:
             await producer.start()
         except BaseException:
@@ -522,7 +570,7 @@ class Publisher:
                         settings.topic_partitions,
                         replication,
                         topic_configs=(
-                            {**_STATE_TOPIC_CONFIG, **limit} if t == self.topics.state else limit
+                            {**_STATE_TOPIC_CONFIG, **limit} if t in self._compacted else limit
                         ),
                     )
                     for t in missing
@@ -800,6 +848,17 @@ class Publisher:
 
         `extra_headers` follow the usual four (`replay` adds where the record came from).
         """
+        record = self.event_record(event, extra_headers=extra_headers)
+        await self._send(
+            record.topic, record.key, record.value, record.headers, record.route.topic_kind
+        )
+        self.count_published(record)
+
+    def event_record(
+        self, event: CanonicalEvent, *, extra_headers: Sequence[tuple[str, bytes]] = ()
+    ) -> EventRecord:
+        """The record of one event on its topic, encoded, not sent (exactly_once sends it
+        through the intake topic)."""
         route = self._routes.get(event.event_type)
         if route is None:
             # An eventType the catalog lacks: the generic schema's route, the event's own type.
@@ -822,10 +881,34 @@ class Publisher:
             *extra_headers,
         ]
         key = str(event.ticket_id).encode()
-        await self._send(route.topic, key, value, headers, route.topic_kind)
-        self._published_by(route.category, route.event_type_label, event.source.value).inc()
+        return EventRecord(route.topic, key, value, headers, route, event.source.value)
+
+    def check_fits(self, record: EventRecord) -> None:
+        """RecordTooLargeError if `record` can never fit its topic (before sending it
+        elsewhere first: exactly_once's intake)."""
+        size = record_size(record.key, record.value, record.headers)
+        limit = self.record_limit(record.topic)
+        if size > limit:
+            metrics.PUBLISH_ERRORS.labels(kind="too_large").inc()
+            raise RecordTooLargeError(record.topic, size, limit)
+
+    def count_published(self, record: EventRecord) -> None:
+        """Count an event as published (once its record is acknowledged, or committed)."""
+        route = record.route
+        self._published_by(route.category, route.event_type_label, record.source).inc()
         if route.topic_kind == UNKNOWN_CATEGORY:
             metrics.UNKNOWN_EVENTS.inc()
+
+    async def send_record(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        topic_kind: str,
+    ) -> Any:
+        """Send one record as it is; its RecordMetadata (partition, offset) once acknowledged."""
+        return await self._send(topic, key, value, headers, topic_kind)
 
     async def publish_dlq(
         self, body: bytes, *, kind: str, reason: str, headers: Mapping[str, str]
@@ -853,7 +936,7 @@ class Publisher:
         value: bytes | None,
         headers: list[tuple[str, bytes]],
         topic_kind: str,
-    ) -> None:
+    ) -> Any:
         size = record_size(key, value, headers)
         limit = self.record_limit(topic)
         if size > limit:
@@ -881,6 +964,8 @@ class Publisher:
             self._sweeper = loop.create_task(self._sweep(), name="publish-deadlines")
         cancelling = task.cancelling()
         self._in_flight += 1
+        # The record once the producer holds it: after a timeout it may still be written.
+        ack: asyncio.Future[Any] | None = None
         try:
             try:
                 ack = await producer.send(topic, value, key=key, headers=headers)
@@ -890,7 +975,7 @@ class Publisher:
                     waiter: asyncio.Future[None] = loop.create_future()
                     ack.add_done_callback(partial(_ack_done, waiter))
                     await waiter
-                ack.result()
+                metadata = ack.result()
             except asyncio.CancelledError:
                 if deadline.expired and task.uncancel() <= cancelling:
                     raise TimeoutError from None
@@ -900,7 +985,10 @@ class Publisher:
         except TimeoutError:
             metrics.PUBLISH_ERRORS.labels(kind="timeout").inc()
             self._failed(f"no acknowledgement within {self._timeout:g}s")
-            raise PublishTimeoutError(f"no acknowledgement within {self._timeout}s") from None
+            # Cancelled inside send(): the producer never took the record (landing None).
+            raise PublishTimeoutError(
+                f"no acknowledgement within {self._timeout}s", landing=ack
+            ) from None
         except _TOO_LARGE:
             # The topic's limit was lowered since it was read. Definitive only if this record
             # alone exceeds the limit read now: it may have shared the refused batch with
@@ -929,3 +1017,4 @@ class Publisher:
             self._in_flight -= 1
         self._failing_since = None
         self._duration_by(topic_kind).observe(time.perf_counter() - started)
+        return metadata

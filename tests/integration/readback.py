@@ -89,7 +89,14 @@ def consume(
                 # Topics the producer creates (or auto-creates) after we started.
                 assigned |= _assign_new(consumer, wanted, assigned, deadline - now)
                 next_discovery = now + _DISCOVER_EVERY
-            for message in consumer.consume(num_messages=_BATCH, timeout=_POLL_SECONDS):
+            messages = consumer.consume(num_messages=_BATCH, timeout=_POLL_SECONDS)
+            if not messages and ends is not None:
+                # A transactional partition ends with a commit marker, never delivered: the
+                # position (librdkafka moves it past markers) says the end was reached.
+                for tp in consumer.position([TopicPartition(t, p) for t, p in ends]):
+                    key = (tp.topic, tp.partition)
+                    next_offset[key] = max(next_offset.get(key, -1), tp.offset)
+            for message in messages:
                 error = message.error()
                 if error is not None:
                     if error.fatal():

@@ -192,3 +192,24 @@ async def test_idempotent_producer_retries_leave_no_duplicate(
     assert retries, "no produce request was retried: the scenario proved nothing"
     assert not census.missing(range(1, 42))
     assert census.duplicates() == {}, "the broker kept retried batches twice"
+
+
+async def test_a_frozen_leader_costs_its_partitions_seconds_past_failover_and_the_others_nothing(
+    kafka3: KafkaCluster, topic_prefix: str, tmp_path: Path, record_property: RecordProperty
+) -> None:
+    """One node of three SIGSTOPped (hung: connections open, no answers) with the bridge's
+    default timeouts. Kafka fences it and moves its leaderships; the partitions it led must
+    take 200s again within 5 s of that failover, and the other partitions, whose leaders
+    never stopped, must never be answered 503."""
+    frozen = await scenarios.leader_frozen(kafka3, topic_prefix, tmp_path, freeze_seconds=15.0)
+    _record(frozen.row, record_property)
+    record_property("failover_s", frozen.failover)
+    record_property("gaps_s", frozen.gaps)
+    assert frozen.led, "the frozen node led no partition: nothing proven"
+    assert set(frozen.failover) == frozen.led, f"Kafka did not move them all; {frozen.row.note}"
+    for partition in frozen.led:
+        assert frozen.gaps[partition] <= frozen.failover[partition] + 5.0, frozen.row.note
+    for partition, refused in frozen.refusals.items():
+        if partition not in frozen.led:
+            assert not refused, f"partition {partition} was led by a live node; {frozen.row.note}"
+    assert frozen.row.missing == 0, frozen.row.missing_ids

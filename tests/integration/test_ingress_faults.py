@@ -124,6 +124,56 @@ async def test_killed_broker_gives_503_then_the_bridge_recovers_by_itself(
     assert set(ids) <= {1, 2, 3, *range(100, 120)}, ids
 
 
+# -- a publish that times out, and lands later -------------------------------------------
+
+
+async def test_a_retry_of_a_timed_out_publish_waits_for_it_and_is_a_duplicate_once_it_lands(
+    own_kafka: KafkaCluster, topic_prefix: str
+) -> None:
+    """The broker frozen (SIGSTOP): the publish times out (503 publish_timeout) with its record
+    still in the producer. The sender's retry, while the broker is frozen, must not send a
+    second copy; once the broker resumes, the first copy lands and a retry is a duplicate."""
+    settings = bridge_settings(
+        own_kafka.bootstrap_servers,
+        topic_prefix,
+        kafka={"publish_timeout_seconds": 1.5, "topic_partitions": 1},
+        ingress={"retry_after_seconds": 1, "request_timeout_seconds": 6.0},
+    )
+    body = webhook("ticket.assigned", event_id=2, ticket_id=10)
+    async with running_bridge(settings) as bridge:
+        first = await bridge.post(webhook("ticket.new", event_id=1, ticket_id=10))
+        assert first.json() == {"status": "accepted", "eventId": 1}, first
+
+        await asyncio.to_thread(own_kafka.pause, 1)
+        try:
+            timed_out = await bridge.post(body)
+            # Right away, as a sender retries, while the bridge still takes Kafka for healthy.
+            retries = [await bridge.post(body), await bridge.post(body)]
+        finally:
+            await asyncio.to_thread(own_kafka.resume, 1)
+        landed = await _post_until_not_503(bridge, body, RECOVER_WITHIN)
+        # Readiness may lag the resume by a health check: a sender retries its 503s.
+        later = await _post_until_not_503(
+            bridge, webhook("ticket.approved", event_id=3, ticket_id=10), RECOVER_WITHIN
+        )
+
+    assert timed_out.status == 503, timed_out
+    assert timed_out.json()["reason"] == "Kafka did not acknowledge: publish_timeout", timed_out
+    for reply in retries:
+        assert_json_error(reply, 503, "unavailable")
+    assert landed.json() == {"status": "duplicate", "eventId": 2}, landed
+    assert later.status == 200, later
+    records = await consume_async(
+        own_kafka.bootstrap_servers,
+        TopicNames(topic_prefix).events(),
+        min_count=3,
+        timeout=30,
+        drain=1.0,
+    )
+    ids = _event_ids(records)
+    assert ids == Counter({1: 1, 2: 1, 3: 1}), ids
+
+
 # -- SIGTERM under load ----------------------------------------------------------------
 
 

@@ -84,3 +84,31 @@ async def test_two_replicas_lossy_webhooks_one_replica_killed(
     # session timeout, plus a rebalance and a restore, not minutes later.
     record_property("takeover_ms", row.details["takeover_ms"])
     assert row.details["takeover_ms"] < 3 * scenarios.SESSION_TIMEOUT_MS + 5000, row.note
+
+
+# -- exactly_once: the same faults, read back read_committed, no duplicate either ----------------
+
+
+async def test_exactly_once_sigkill_then_restart_no_duplicate(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, record_property: RecordProperty
+) -> None:
+    row = await scenarios.bridge_signal(
+        kafka_bootstrap, topic_prefix, tmp_path, CI, signal.SIGKILL, "exactly_once"
+    )
+    _check(row, record_property)
+    assert row.details["acked_before"] > 0
+    assert row.details["lost_acked"] == 0
+    assert row.duplicates == 0, f"exactly_once wrote {row.duplicates} duplicates; {row.note}"
+
+
+async def test_exactly_once_two_replicas_lossy_webhooks_one_killed_no_duplicate(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, record_property: RecordProperty
+) -> None:
+    # Webhooks dropped (the poller fills them), duplicated and reordered, across two replicas,
+    # one of them killed: every id still once.
+    row = await scenarios.replica_killed(
+        kafka_bootstrap, topic_prefix, tmp_path, CI, "exactly_once"
+    )
+    _check(row, record_property)
+    assert row.acked < row.events
+    assert row.duplicates == 0, f"exactly_once wrote {row.duplicates} duplicates; {row.note}"

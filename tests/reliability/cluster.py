@@ -27,10 +27,14 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from bridge.catalog import EVENTS
 from bridge.devtools.devbroker import KafkaCluster
 from bridge.publisher import TopicNames
+from bridge.state import partition_for
 from tests.integration import kafkakit
 from tests.integration.bridgeproc import (
     TOKEN,
@@ -216,8 +220,15 @@ async def _row(
 # -- the leader of a busy partition SIGKILLed mid-load ---------------------------------------
 
 
-async def leader_kill(cluster: KafkaCluster, prefix: str, logs: Path, size: LoadSize) -> Row:
-    async with bridge_on(cluster, prefix, logs) as (_, client):
+async def leader_kill(
+    cluster: KafkaCluster,
+    prefix: str,
+    logs: Path,
+    size: LoadSize,
+    guarantee: str = "at_least_once",
+) -> Row:
+    variables = {"BRIDGE_DELIVERY_GUARANTEE": guarantee}
+    async with bridge_on(cluster, prefix, logs, **variables) as (_, client):
         load = Load(client.webhook_url, bodies(size), size.concurrency)
         sending = asyncio.create_task(load.run())
         await _until(lambda: len(load.acked) >= size.webhooks // 3, 120, "a third acked")
@@ -228,6 +239,7 @@ async def leader_kill(cluster: KafkaCluster, prefix: str, logs: Path, size: Load
         acked_at_kill = len(load.acked)
         await sending
         row = await _row("7 partition leader SIGKILLed", cluster, prefix, load, size, fault_at)
+        row.guarantee = guarantee
     await asyncio.to_thread(cluster.start_node, leader)
     row.details.update(killed_node=leader, acked_before_kill=acked_at_kill)
     row.note = f"node {leader} (leader of {topic}-0) killed after {acked_at_kill} acks; " + row.note
@@ -237,9 +249,16 @@ async def leader_kill(cluster: KafkaCluster, prefix: str, logs: Path, size: Load
 # -- every node restarted in turn under load -------------------------------------------------
 
 
-async def rolling_restart(cluster: KafkaCluster, prefix: str, logs: Path, size: LoadSize) -> Row:
+async def rolling_restart(
+    cluster: KafkaCluster,
+    prefix: str,
+    logs: Path,
+    size: LoadSize,
+    guarantee: str = "at_least_once",
+) -> Row:
     topics = TopicNames(prefix).events()
-    async with bridge_on(cluster, prefix, logs) as (_, client):
+    variables = {"BRIDGE_DELIVERY_GUARANTEE": guarantee}
+    async with bridge_on(cluster, prefix, logs, **variables) as (_, client):
         load = Load(client.webhook_url, bodies(size), size.concurrency)
         sending = asyncio.create_task(load.run())
         await _until(lambda: len(load.acked) >= size.webhooks // 10, 120, "a tenth acked")
@@ -256,6 +275,7 @@ async def rolling_restart(cluster: KafkaCluster, prefix: str, logs: Path, size: 
         restart_seconds = time.monotonic() - fault_at
         await sending
         row = await _row("8 rolling restart of 3 nodes", cluster, prefix, load, size, fault_at)
+        row.guarantee = guarantee
     row.details.update(restarted=restarted)
     row.note = f"{restarted} nodes restarted in {restart_seconds:.0f}s; " + row.note
     return row
@@ -273,11 +293,20 @@ class IsrOutage:
 
 
 async def isr_outage(
-    cluster: KafkaCluster, prefix: str, logs: Path, size: LoadSize, outage_seconds: float = 15.0
+    cluster: KafkaCluster,
+    prefix: str,
+    logs: Path,
+    size: LoadSize,
+    outage_seconds: float = 15.0,
+    guarantee: str = "at_least_once",
 ) -> IsrOutage:
     """Two nodes killed: no write can reach min.insync.replicas=2. The bridge must answer 503
     (never 200), say why on /readyz, and publish again by itself once one node is back."""
-    async with bridge_on(cluster, prefix, logs, BRIDGE_KAFKA_PUBLISH_TIMEOUT_SECONDS="3") as (
+    variables = {
+        "BRIDGE_KAFKA_PUBLISH_TIMEOUT_SECONDS": "3",
+        "BRIDGE_DELIVERY_GUARANTEE": guarantee,
+    }
+    async with bridge_on(cluster, prefix, logs, **variables) as (
         process,
         client,
     ):
@@ -317,6 +346,7 @@ async def isr_outage(
         merged.ok_times = [*during.ok_times, *after.ok_times]
         merged.started, merged.ended = fault_at, time.monotonic()
         row = await _row("9 2 of 3 nodes down (ISR<min)", cluster, prefix, merged, size, fault_at)
+        row.guarantee = guarantee
     await asyncio.to_thread(cluster.start_node, down[1])
     row.details.update(readyz_status=readyz.status, recovered_ms=round(recovered * 1000))
     row.note = (
@@ -324,3 +354,241 @@ async def isr_outage(
         f" ready and 200 again {recovered:.1f}s after node {down[0]} returned; " + row.note
     )
     return IsrOutage(row, during.statuses, readyz.json(), recovered)
+
+
+# -- the leader of some partitions SIGSTOPped (hung, not dead) --------------------------------
+
+
+class LeaderWatch:
+    """Partition leaders and ISRs of one topic as the *live* nodes report them, every 100 ms.
+
+    Asked of each live node on a connection of its own (aiokafka's protocol, not the bridge's
+    client): the frozen node is never asked, so the watch sees Kafka's failover as soon as the
+    controller made it.
+    """
+
+    def __init__(self, cluster: KafkaCluster, topic: str, frozen: int) -> None:
+        self.cluster, self.topic, self.frozen = cluster, topic, frozen
+        self.led: set[int] = set()  # partitions the frozen node led when the watch began
+        self.moved_at: dict[int, float] = {}  # partition -> when another leader was seen
+        self.isr_shrunk_at: dict[int, float] = {}  # partition -> frozen node out of its ISR
+        self._task: asyncio.Task[None] | None = None
+        self._conns: list[Any] = []
+
+    async def start(self) -> None:
+        self._conns = [
+            await create_conn(node.host, node.port, request_timeout_ms=1000)
+            for node in self.cluster.nodes
+            if node.node_id != self.frozen
+        ]
+        first = await self._ask()
+        assert first is not None, "no live node answered metadata"
+        self.led = {p for p, (leader, _) in first.items() if leader == self.frozen}
+        self._task = asyncio.create_task(self._watch())
+
+    async def _ask(self) -> dict[int, tuple[int, list[int]]] | None:
+        for conn in self._conns:
+            try:
+                response = await conn.send(MetadataRequest([self.topic]))
+            except (KafkaError, TimeoutError):
+                continue
+            (topic,) = response.topics
+            partitions = topic[-1]
+            return {p[1]: (p[2], list(p[4])) for p in partitions}
+        return None
+
+    async def _watch(self) -> None:
+        while True:
+            now = time.monotonic()
+            seen = await self._ask()
+            for partition, (leader, isr) in (seen or {}).items():
+                if partition in self.led and leader not in (self.frozen, -1):
+                    self.moved_at.setdefault(partition, now)
+                if self.frozen not in isr:
+                    self.isr_shrunk_at.setdefault(partition, now)
+            await asyncio.sleep(0.1)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for conn in self._conns:
+            conn.close()
+
+
+@dataclass
+class PartitionLoad:
+    """Senders per ticket (hence per partition), each posting distinct events one after the
+    other; a 503 is retried with the same body after a short pause, as Apizee would."""
+
+    url: str
+    tickets: dict[int, int]  # ticket -> partition
+    senders_per_ticket: int = 1
+    pause: float = 0.02
+    oks: dict[int, list[float]] = field(default_factory=dict)  # partition -> 200 times
+    refusals: dict[int, Counter[str]] = field(default_factory=dict)  # partition -> 503 reasons
+    acked: set[int] = field(default_factory=set)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=30)
+        connector = aiohttp.TCPConnector(limit=len(self.tickets) * self.senders_per_ticket)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            await asyncio.gather(
+                *(
+                    self._sender(session, ticket, n)
+                    for n, ticket in enumerate(
+                        [t for t in self.tickets for _ in range(self.senders_per_ticket)]
+                    )
+                )
+            )
+
+    async def _sender(self, session: aiohttp.ClientSession, ticket: int, n: int) -> None:
+        headers = {"Content-Type": "application/json", TOKEN_HEADER: TOKEN}
+        partition = self.tickets[ticket]
+        oks = self.oks.setdefault(partition, [])
+        refusals = self.refusals.setdefault(partition, Counter())
+        for seq in itertools.count():
+            if self.stop.is_set():
+                return
+            event_id = 1_000_000 * (n + 1) + seq
+            body = webhook("ticket.assigned", event_id=event_id, ticket_id=ticket)
+            data = json.dumps(body).encode()
+            while not self.stop.is_set():
+                try:
+                    async with session.post(self.url, data=data, headers=headers) as response:
+                        answer = await response.read()
+                        status = response.status
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    refusals[type(exc).__name__] += 1
+                    await asyncio.sleep(0.1)
+                    continue
+                if status == 200:
+                    oks.append(time.monotonic())
+                    self.acked.add(event_id)
+                    break
+                if status != 503:
+                    raise AssertionError(f"event {event_id}: HTTP {status} {answer[:200]!r}")
+                refusals[json.loads(answer)["reason"].rsplit(" ", 1)[-1]] += 1
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(self.pause)
+
+    def longest_without_200(self, partition: int, since: float, until: float) -> float:
+        times = sorted([since, *(t for t in self.oks.get(partition, []) if since < t < until)])
+        return max(b - a for a, b in itertools.pairwise([*times, until]))
+
+
+@dataclass
+class FrozenLeader:
+    row: Row
+    frozen: int
+    led: set[int]
+    failover: dict[int, float]  # partition it led -> seconds from the freeze to a new leader
+    isr_shrunk: float | None  # seconds from the freeze until it left every ISR
+    gaps: dict[int, float]  # partition -> longest time without a 200 from the freeze on
+    refusals: dict[int, Counter[str]]  # partition -> 503 reasons (and connection errors)
+
+
+def _tickets_per_partition(partitions: int, per_partition: int) -> dict[int, int]:
+    tickets: dict[int, int] = {}
+    counts: Counter[int] = Counter()
+    for ticket in itertools.count(200_000):
+        partition = partition_for(ticket, partitions)
+        if counts[partition] < per_partition:
+            tickets[ticket] = partition
+            counts[partition] += 1
+        if len(tickets) == partitions * per_partition:
+            return tickets
+    raise AssertionError("unreachable")
+
+
+async def leader_frozen(
+    cluster: KafkaCluster,
+    prefix: str,
+    logs: Path,
+    freeze_seconds: float = 20.0,
+    after_seconds: float = 5.0,
+    partitions: int = 6,
+    **variables: str,
+) -> FrozenLeader:
+    """The leader of some partitions SIGSTOPped for `freeze_seconds`, under load on every
+    partition, with the bridge's default producer and timeouts (`variables` override them).
+
+    Kafka fences the frozen node after broker.session.timeout.ms and moves its leaderships;
+    the watch (live nodes' metadata) says when. Per partition: the longest time without a
+    200 from the freeze on, against that failover time; and the 503s it got.
+    """
+    topic = TopicNames(prefix).category("ticket")
+    variables = {
+        "BRIDGE_KAFKA_PUBLISH_TIMEOUT_SECONDS": "10",  # the default, not bridge_on's
+        "BRIDGE_KAFKA_TOPIC_PARTITIONS": str(partitions),
+        **variables,
+    }
+    async with bridge_on(cluster, prefix, logs, **variables) as (process, client):
+        tickets = _tickets_per_partition(partitions, 2)
+        load = PartitionLoad(client.webhook_url, tickets)
+        sending = asyncio.create_task(load.run())
+        try:
+            await _until(
+                lambda: all(len(load.oks.get(p, [])) >= 20 for p in range(partitions)),
+                60,
+                "every partition acknowledged under load",
+            )
+            leaders = await asyncio.to_thread(kafkakit.leaders, cluster.bootstrap_servers, topic)
+            frozen = leaders[0]
+            watch = LeaderWatch(cluster, topic, frozen)
+            await watch.start()
+            frozen_at = time.monotonic()
+            await asyncio.to_thread(cluster.pause, frozen)
+            try:
+                await asyncio.sleep(freeze_seconds)  # the fault itself, not a sync
+            finally:
+                await asyncio.to_thread(cluster.resume, frozen)
+            resumed_at = time.monotonic()
+            await asyncio.sleep(after_seconds)
+            ended = time.monotonic()
+        finally:
+            load.stop.set()
+            await sending
+            with contextlib.suppress(UnboundLocalError):
+                await watch.stop()
+        assert process.process.returncode is None, "the bridge exited"
+        census = await read_events(cluster.bootstrap_servers, prefix, within=60)
+    gaps = {p: load.longest_without_200(p, frozen_at, ended) for p in range(partitions)}
+    failover = {p: at - frozen_at for p, at in watch.moved_at.items()}
+    shrunk = watch.isr_shrunk_at
+    isr_shrunk = max(shrunk.values()) - frozen_at if len(shrunk) == partitions else None
+    missing = census.missing(load.acked)
+    row = Row(
+        scenario="10 partition leader SIGSTOPped",
+        events=len(load.acked),
+        sent=len(load.acked),
+        acked=len(load.acked),
+        in_kafka=len(set(census.counts) & load.acked),
+        missing=len(missing),
+        duplicates=sum(census.counts.values()) - len(census.counts),
+        recover_s=max(gaps[p] - failover.get(p, 0.0) for p in watch.led) if watch.led else None,
+        missing_ids=sorted(missing)[:20],
+    )
+    shown = ", ".join(
+        f"p{p}: {gaps[p]:.1f}s"
+        + (f" (failover {failover[p]:.1f}s)" if p in failover else "")
+        + (f" 503 {dict(load.refusals[p])}" if load.refusals.get(p) else "")
+        for p in range(partitions)
+    )
+    row.note = (
+        f"node {frozen} (leader of partitions {sorted(watch.led)}) frozen"
+        f" {resumed_at - frozen_at:.0f}s; longest without a 200 per partition: {shown};"
+        f" frozen node out of every ISR after"
+        f" {'-' if isr_shrunk is None else f'{isr_shrunk:.1f}s'}"
+    )
+    row.details.update(frozen=frozen)
+    return FrozenLeader(
+        row=row,
+        frozen=frozen,
+        led=set(watch.led),
+        failover=failover,
+        isr_shrunk=isr_shrunk,
+        gaps=gaps,
+        refusals=load.refusals,
+    )

@@ -77,6 +77,7 @@ class Row:
     missing_ids: list[int] = field(default_factory=list)
     excluded: int = 0  # ids never announced by a webhook, not held (see note)
     details: dict[str, int] = field(default_factory=dict)  # per-scenario facts, for tests
+    guarantee: str = "at_least_once"  # BRIDGE_DELIVERY_GUARANTEE of the bridges
 
 
 # -- plumbing -----------------------------------------------------------------------------
@@ -134,10 +135,13 @@ class Bridge:
 class Harness:
     """Bridge processes, a client session, logs in a directory; everything ended on exit."""
 
-    def __init__(self, bootstrap: str, prefix: str, logs: Path) -> None:
+    def __init__(
+        self, bootstrap: str, prefix: str, logs: Path, guarantee: str = "at_least_once"
+    ) -> None:
         self.bootstrap = bootstrap
         self.prefix = prefix
         self.logs = logs
+        self.guarantee = guarantee
         self.rest_port = free_port()
         self.bridges: list[Bridge] = []
         self.session: aiohttp.ClientSession | None = None
@@ -153,6 +157,7 @@ class Harness:
             await self.session.close()
 
     async def start(self, port: int, *, ready: bool = True, **extra: str) -> Bridge:
+        extra = {"BRIDGE_DELIVERY_GUARANTEE": self.guarantee, **extra}
         env = _env(self.bootstrap, self.prefix, self.rest_port, port, **extra)
         log = self.logs / f"{self.prefix}.bridge-{len(self.bridges)}.log"
         process = await BridgeProcess.start(["run"], env, log)
@@ -261,6 +266,7 @@ async def _settle(
             f" {len(unannounced)} ids not held"
         )
     return Row(
+        guarantee=h.guarantee,
         scenario=name,
         events=len(sim.events),
         sent=len(set(sim.event_ids()) - sent.dropped),
@@ -289,7 +295,9 @@ def _send(sim: Simulator, url: str, **options: object) -> asyncio.Task[SendRepor
 # -- 1. broker killed and restarted ---------------------------------------------------------
 
 
-async def broker_restart(broker: KafkaCluster, prefix: str, logs: Path, size: Size) -> Row:
+async def broker_restart(
+    broker: KafkaCluster, prefix: str, logs: Path, size: Size, guarantee: str = "at_least_once"
+) -> Row:
     """The only broker of a single-node cluster is killed under steady load and restarted
     on the same port and disk.
 
@@ -298,7 +306,7 @@ async def broker_restart(broker: KafkaCluster, prefix: str, logs: Path, size: Si
     """
     if len(broker.nodes) != 1:
         raise ValueError("scenario 1 kills the only broker: give it a single-node cluster")
-    async with Harness(broker.bootstrap_servers, prefix, logs) as h:
+    async with Harness(broker.bootstrap_servers, prefix, logs, guarantee) as h:
         port = free_port()
         bridge = await h.start(port)
         recovery = Recovery(h.bootstrap, prefix, size.read_within)
@@ -334,9 +342,14 @@ async def broker_restart(broker: KafkaCluster, prefix: str, logs: Path, size: Si
 
 
 async def bridge_signal(
-    bootstrap: str, prefix: str, logs: Path, size: Size, signum: signal.Signals
+    bootstrap: str,
+    prefix: str,
+    logs: Path,
+    size: Size,
+    signum: signal.Signals,
+    guarantee: str = "at_least_once",
 ) -> Row:
-    async with Harness(bootstrap, prefix, logs) as h:
+    async with Harness(bootstrap, prefix, logs, guarantee) as h:
         port = free_port()
         first = await h.start(port)
         recovery = Recovery(bootstrap, prefix)
@@ -377,7 +390,9 @@ async def bridge_signal(
 # -- 4. REST 429/5xx storm and an outage while webhooks are dropped ------------------------
 
 
-async def rest_storm(bootstrap: str, prefix: str, logs: Path, size: Size) -> Row:
+async def rest_storm(
+    bootstrap: str, prefix: str, logs: Path, size: Size, guarantee: str = "at_least_once"
+) -> Row:
     outage = size.outage_seconds
     # The load spans the outage: it starts a third of the way in and ends before the end.
     load = max(size.load_seconds, outage * 1.5)
@@ -391,7 +406,7 @@ async def rest_storm(bootstrap: str, prefix: str, logs: Path, size: Size) -> Row
         p_503=0.05,
         windows=(FaultWindow(kind="outage", start=outage_start, duration=outage),),
     )
-    async with Harness(bootstrap, prefix, logs) as h:
+    async with Harness(bootstrap, prefix, logs, guarantee) as h:
         bridge = await h.start(free_port())
         recovery = Recovery(bootstrap, prefix)
         async with Simulator(_sim_config(size, h.rest_port, faults=faults)) as sim:
@@ -469,8 +484,10 @@ class Balancer:
             writer.close()
 
 
-async def replica_killed(bootstrap: str, prefix: str, logs: Path, size: Size) -> Row:
-    async with Harness(bootstrap, prefix, logs) as h:
+async def replica_killed(
+    bootstrap: str, prefix: str, logs: Path, size: Size, guarantee: str = "at_least_once"
+) -> Row:
+    async with Harness(bootstrap, prefix, logs, guarantee) as h:
         ports = [free_port(), free_port()]
         a = await h.start(ports[0])
         b = await h.start(ports[1])
@@ -515,7 +532,17 @@ def _path(url: str) -> str:
 
 # -- the table ------------------------------------------------------------------------------
 
-HEADER: Final = ("scenario", "events", "sent", "acked", "in Kafka", "missing", "dup", "recover s")
+HEADER: Final = (
+    "scenario",
+    "guarantee",
+    "events",
+    "sent",
+    "acked",
+    "in Kafka",
+    "missing",
+    "dup",
+    "recover s",
+)
 
 
 def table(rows: Iterable[Row]) -> str:
@@ -526,13 +553,13 @@ def table(rows: Iterable[Row]) -> str:
         counts = (row.events, row.sent, row.acked, row.in_kafka, row.missing, row.duplicates)
         # A row without events is one not run here (its note says why).
         shown = [str(n) if row.events else "-" for n in counts]
-        cells.append((row.scenario, *shown, recover))
+        cells.append((row.scenario, row.guarantee, *shown, recover))
         if row.note:
             notes.append(f"  {row.scenario}: {row.note}")
     widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
     lines = [
         "  ".join(
-            v.ljust(w) if i == 0 else v.rjust(w)
+            v.ljust(w) if i <= 1 else v.rjust(w)
             for i, (v, w) in enumerate(zip(c, widths, strict=True))
         )
         for c in cells

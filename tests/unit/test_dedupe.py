@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+from aiokafka.errors import KafkaConnectionError
+
 from bridge.dedupe import RecentIds
+from bridge.errors import PublishTimeoutError
 
 
 class FakeClock:
@@ -67,3 +71,60 @@ async def test_a_failed_publish_hands_the_claim_over() -> None:
     assert 8 not in ids
     ids.release(8, published=True)
     assert 8 in ids
+
+
+# -- a publish that timed out: its record may still land ---------------------------------
+
+
+async def test_a_retry_waits_for_a_timed_out_record_and_is_a_duplicate_once_it_lands() -> None:
+    ids = RecentIds(window_seconds=60, max_entries=10)
+    assert await ids.claim(9)
+    landing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    landed: list[int] = []
+    # The first delivery was answered 503 publish_timeout; its record is still in the producer.
+    ids.release_when_landed(9, landing, lambda: landed.append(9))
+    retry = asyncio.create_task(ids.claim(9, within=5))
+    await asyncio.sleep(0.01)
+    assert not retry.done(), "a retry must not publish a second copy while the first may land"
+    landing.set_result(None)
+    assert await retry is False
+    assert 9 in ids
+    assert landed == [9]
+    assert ids.in_flight == 0
+
+
+async def test_a_retry_gives_up_after_its_own_timeout_without_claiming() -> None:
+    ids = RecentIds(window_seconds=60, max_entries=10)
+    assert await ids.claim(10)
+    landing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    ids.release_when_landed(10, landing)
+    with pytest.raises(PublishTimeoutError):
+        await ids.claim(10, within=0.05)
+    assert ids.in_flight == 1, "still claimed by the record on its way"
+    landing.cancel()
+    await asyncio.sleep(0)
+    assert ids.in_flight == 0
+
+
+async def test_a_timed_out_record_that_fails_hands_the_claim_over() -> None:
+    ids = RecentIds(window_seconds=60, max_entries=10)
+    assert await ids.claim(11)
+    landing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    landed: list[int] = []
+    ids.release_when_landed(11, landing, lambda: landed.append(11))
+    retry = asyncio.create_task(ids.claim(11, within=5))
+    await asyncio.sleep(0.01)
+    landing.set_exception(KafkaConnectionError())
+    assert await retry is True, "not written: the retry publishes it"
+    assert 11 not in ids
+    assert landed == []
+
+
+async def test_a_record_that_landed_before_the_release_is_remembered_at_once() -> None:
+    ids = RecentIds(window_seconds=60, max_entries=10)
+    assert await ids.claim(12)
+    landing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    landing.set_result(None)
+    ids.release_when_landed(12, landing)
+    await asyncio.sleep(0)
+    assert not await ids.claim(12, within=1)

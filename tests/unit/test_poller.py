@@ -128,6 +128,7 @@ class RecordingPublisher:
     dlq: list[DlqRecord] = field(default_factory=list)
     failures: list[PublishError] = field(default_factory=list)
     dlq_failures: list[PublishError] = field(default_factory=list)
+    publish_timeout: float = 10.0
 
     async def publish(self, event: CanonicalEvent) -> None:
         await asyncio.sleep(0)  # a real publish always yields to the loop

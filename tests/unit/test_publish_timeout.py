@@ -82,7 +82,7 @@ async def test_an_ack_that_does_not_come_in_time_is_a_timeout_and_the_record_is_
     before = _errors("timeout")
     started = time.monotonic()
 
-    with pytest.raises(PublishTimeoutError):
+    with pytest.raises(PublishTimeoutError) as raised:
         await _send(publisher)
 
     took = time.monotonic() - started
@@ -91,6 +91,8 @@ async def test_an_ack_that_does_not_come_in_time_is_a_timeout_and_the_record_is_
     # Abandoned, not cancelled: the record may still land; a late outcome is harmless.
     (ack,) = producer.acks
     assert not ack.done()
+    # ... and the error hands it over, so that the dedupe window waits for its outcome.
+    assert raised.value.landing is ack
     ack.set_exception(KafkaConnectionError())
     await asyncio.sleep(0)
     await _close(publisher)
@@ -100,8 +102,10 @@ async def test_a_stuck_send_times_out_too() -> None:
     publisher = _publisher(FakeProducer(stuck=True))
     started = time.monotonic()
 
-    with pytest.raises(PublishTimeoutError):
+    with pytest.raises(PublishTimeoutError) as raised:
         await _send(publisher)
+    # The producer never took the record: nothing can land, a retry may publish.
+    assert raised.value.landing is None
 
     assert TIMEOUT <= time.monotonic() - started < TIMEOUT + SLACK
     await _close(publisher)

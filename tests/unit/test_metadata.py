@@ -1,0 +1,106 @@
+"""Metadata asked of every broker at once (bridge/metadata.py): a hung broker costs nothing
+when another answers; every broker failing is a failed update, as in aiokafka."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
+
+from bridge.metadata import ask_every_broker, first_answer
+
+
+@dataclass
+class Broker:
+    nodeId: int  # aiokafka's BrokerMetadata field name
+
+
+@dataclass
+class Answer:
+    brokers: list[Broker]
+
+
+class Conn:
+    def __init__(self, behaviour: str, brokers: list[Broker]) -> None:
+        self.behaviour, self.brokers = behaviour, brokers
+        self.asked = 0
+        self.cancelled = False
+
+    async def send(self, request: Any) -> Answer:
+        self.asked += 1
+        if self.behaviour == "hung":
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+        if self.behaviour == "broken":
+            raise KafkaConnectionError()
+        return Answer(self.brokers)
+
+
+@dataclass
+class Cluster:
+    nodes: list[Broker]
+
+    def brokers(self) -> list[Broker]:
+        return self.nodes
+
+
+@dataclass
+class Client:
+    conns: dict[int, Conn]
+    cluster: Cluster
+    _conns: dict[Any, Any] = field(default_factory=dict)
+
+    async def _get_conn(self, node_id: int) -> Conn:
+        return self.conns[node_id]
+
+
+@dataclass
+class Target:
+    updates: list[Answer] = field(default_factory=list)
+    failed: int = 0
+
+    def update_metadata(self, metadata: Answer) -> None:
+        self.updates.append(metadata)
+
+    def failed_update(self, error: object) -> None:
+        self.failed += 1
+
+
+def _client(*behaviours: str) -> Client:
+    brokers = [Broker(n) for n in range(1, len(behaviours) + 1)]
+    conns = {b.nodeId: Conn(kind, brokers) for b, kind in zip(brokers, behaviours, strict=True)}
+    return Client(conns, Cluster(brokers))
+
+
+async def test_a_hung_broker_does_not_hold_the_answer_of_a_live_one() -> None:
+    client = _client("hung", "broken", "live")
+    target = Target()
+    async with asyncio.timeout(1):
+        assert await first_answer(client, target, None)  # type: ignore[arg-type]
+    assert len(target.updates) == 1
+    assert all(conn.asked == 1 for conn in client.conns.values()), "every broker asked at once"
+    assert client.conns[1].cancelled, "the hung request is abandoned, not left running"
+
+
+async def test_no_answer_at_all_is_a_failed_update() -> None:
+    client = _client("broken", "broken")
+    target = Target()
+    assert not await first_answer(client, target, ["t"])  # type: ignore[arg-type]
+    assert (target.updates, target.failed) == ([], 1)
+
+
+async def test_installed_on_aiokafkas_own_client() -> None:
+    # The pinned aiokafka has what the replacement relies on: installing it replaces the
+    # client's own update (another version would keep its own and log a warning).
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+    client: Any = producer.client
+    own = client._metadata_update
+    ask_every_broker(client)
+    assert client._metadata_update != own
+    assert client._metadata_update.__func__.__name__ == "update"
