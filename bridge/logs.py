@@ -91,6 +91,13 @@ _LEAVE_FAILED: Final = _Meaning(
     "could not leave the poller's consumer group at shutdown (Kafka unreachable): the other"
     " replicas take these tickets after the group's session timeout",
 )
+_LEADERSHIP_MOVING: Final = _Meaning(
+    "kafka_client_leadership_moving",
+    "info",
+    "a partition has no leader yet or its leader moved (normal right after topics are created,"
+    " and while Kafka fails over); the client refreshes its metadata and retries: a publish"
+    " that cannot wait is answered 503 and counted apart",
+)
 _OTHER: Final = _Meaning("kafka_client_error", "", "")
 
 # aiokafka 0.14's messages (formatted), first match wins.
@@ -103,6 +110,10 @@ _KINDS: Final = (
     (re.compile(r"^Unable to (request|update) metadata|^Failed fetch messages"), _UNREACHABLE),
     (re.compile(r"^Heartbeat|[Mm]arking (the )?coordinator dead"), _COORDINATOR_LOST),
     (re.compile(r"CoordinatorNotAvailable|CoordinatorLoadInProgress"), _COORDINATOR_PENDING),
+    (
+        re.compile(r"NotLeaderForPartition|LeaderNotAvailable|UnknownTopicOrPartition"),
+        _LEADERSHIP_MOVING,
+    ),
 )
 # Where a message names its broker: a node id, or "host:port".
 _NODE: Final = re.compile(r"node(?: with)? id (\d+)|\(node (\d+)\)|to node (\d+)|from \[?(\d+)")

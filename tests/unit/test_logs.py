@@ -56,6 +56,12 @@ def test_kafka_client_errors_become_one_line_per_broker_and_kind_per_10s(
             "Group Coordinator Request failed: %s",
             "[Error 15] GroupCoordinatorNotAvailableError",
         )
+        # Right after topics are created (a normal start on Apache Kafka): not an error.
+        logging.getLogger("aiokafka.consumer.fetcher").error(
+            "Failed fetch offsets from %s: %s",
+            1,
+            "[Error 6] NotLeaderForPartitionError: TopicPartition(topic='t', partition=0)",
+        )
         clock[0] += 6  # 11 s after the first line
         aiokafka.error("Unable connect to node with id %s: %s", 1, "Connection refused")
         logging.getLogger("aiokafka.producer").warning("Something else: %s", "x")
@@ -67,6 +73,7 @@ def test_kafka_client_errors_become_one_line_per_broker_and_kind_per_10s(
         ("kafka_client_broker_unreachable", "warning", "10.0.0.1:9092", 0),
         ("kafka_client_broker_unreachable", "warning", "10.0.0.2:9092", 0),
         ("kafka_client_group_coordinator_pending", "info", "cluster", 0),
+        ("kafka_client_leadership_moving", "info", "10.0.0.1:9092", 0),
         ("kafka_client_broker_unreachable", "warning", "10.0.0.1:9092", 49),
         ("kafka_client_error", "warning", "cluster", 0),
     ], seen
