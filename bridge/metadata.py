@@ -28,8 +28,19 @@ _BOOTSTRAP: Final = ("bootstrap", ConnectionGroup.DEFAULT)
 _NEEDED: Final = ("_metadata_update", "_get_conn", "_conns", "cluster")
 
 
+# Metadata requests go on connections of their own. A broker answers the requests of one
+# connection in order, one at a time: on the producer's connections a metadata request waits
+# behind produce requests that wait (acks=all) for a follower Kafka has not yet dropped from
+# the ISR, so while one broker of three is frozen every live broker would answer it only
+# after the ISR shrank, and the health check would time out for every partition.
+_METADATA_GROUP: Final = "metadata"
+
+
 async def _ask(client: AIOKafkaClient, node_id: Any, request: MetadataRequest) -> Any:
-    conn = await client._get_conn(node_id)
+    if node_id == "bootstrap":
+        conn = await client._get_conn(node_id)
+    else:
+        conn = await client._get_conn(node_id, group=_METADATA_GROUP)
     if conn is None:
         raise KafkaError(f"no connection to node {node_id}")
     return await conn.send(request)

@@ -55,8 +55,10 @@ class Client:
     conns: dict[int, Conn]
     cluster: Cluster
     _conns: dict[Any, Any] = field(default_factory=dict)
+    groups: list[Any] = field(default_factory=list)
 
-    async def _get_conn(self, node_id: int) -> Conn:
+    async def _get_conn(self, node_id: int, *, group: Any = 0) -> Conn:
+        self.groups.append(group)
         return self.conns[node_id]
 
 
@@ -86,6 +88,9 @@ async def test_a_hung_broker_does_not_hold_the_answer_of_a_live_one() -> None:
     assert len(target.updates) == 1
     assert all(conn.asked == 1 for conn in client.conns.values()), "every broker asked at once"
     assert client.conns[1].cancelled, "the hung request is abandoned, not left running"
+    # Never on the connections that carry produce requests (a broker answers one connection's
+    # requests in order: behind a produce waiting for acks=all, metadata would wait too).
+    assert client.groups == ["metadata"] * 3
 
 
 async def test_no_answer_at_all_is_a_failed_update() -> None:
