@@ -47,6 +47,7 @@ from bridge.publisher import (
     Publisher,
     connection_kwargs,
     group_connection_kwargs,
+    producer_kwargs,
 )
 from bridge.state import TicketState, now_ms, partition_for
 
@@ -237,16 +238,9 @@ class PartitionOwner:
         engine = self.engine
         settings = engine.settings.kafka
         producer = AIOKafkaProducer(
-            **connection_kwargs(settings),
+            **producer_kwargs(settings, engine.max_request_size),
             transactional_id=transactional_id(engine.publisher.topics.prefix, self.partition),
             transaction_timeout_ms=engine.settings.delivery.transaction_timeout_ms,
-            acks="all",
-            linger_ms=settings.linger_ms,
-            max_batch_size=settings.max_batch_size,
-            max_request_size=engine.max_request_size,
-            compression_type=(
-                None if settings.compression_type == "none" else settings.compression_type
-            ),
         )
         ask_every_broker(producer.client)
         try:

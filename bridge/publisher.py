@@ -166,6 +166,22 @@ def group_connection_kwargs(settings: KafkaSettings) -> dict[str, Any]:
     return kwargs
 
 
+def producer_kwargs(settings: KafkaSettings, max_request_size: int) -> dict[str, Any]:
+    """connection_kwargs() and the producer settings, for every producer the bridge runs
+    (the publisher's and each exactly_once owner's transactional one)."""
+    return {
+        **connection_kwargs(settings),
+        # acks=all: a 200 means the event is on every in-sync replica.
+        "acks": "all",
+        "linger_ms": settings.linger_ms,
+        "max_batch_size": settings.max_batch_size,
+        "max_request_size": max_request_size,
+        "compression_type": (
+            None if settings.compression_type == "none" else settings.compression_type
+        ),
+    }
+
+
 def connection_kwargs(settings: KafkaSettings) -> dict[str, Any]:
     """aiokafka client arguments shared by the producer, admin client and consumers."""
     kwargs: dict[str, Any] = {
@@ -527,16 +543,8 @@ class Publisher:
     async def _connect(self) -> AIOKafkaProducer:
         settings = self._settings
         producer = AIOKafkaProducer(
-            **connection_kwargs(settings),
-            # acks=all: a 200 means the event is on every in-sync replica.
-            acks="all",
+            **producer_kwargs(settings, self._max_request_size),
             enable_idempotence=settings.enable_idempotence,
-            linger_ms=settings.linger_ms,
-            max_batch_size=settings.max_batch_size,
-            max_request_size=self._max_request_size,
-            compression_type=(
-                None if settings.compression_type == "none" else settings.compression_type
-            ),
         )
         # A hung broker must not hold the metadata refreshes that find its replacements.
         ask_every_broker(producer.client)

@@ -464,3 +464,31 @@ def test_a_budget_below_one_body_names_the_variable(monkeypatch: pytest.MonkeyPa
         monkeypatch, BRIDGE_AUTH_TOKEN="t", BRIDGE_INGRESS_MAX_BODY_BYTES_IN_FLIGHT="1000"
     )
     assert message.startswith("BRIDGE_INGRESS_MAX_BODY_BYTES_IN_FLIGHT: must be at least"), message
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"), [("none", None), ("lz4", "lz4"), ("zstd", "zstd")]
+)
+def test_producer_settings_are_one_mapping_for_every_producer(
+    monkeypatch: pytest.MonkeyPatch, setting: str, expected: str | None
+) -> None:
+    """The publisher's producer and each exactly_once owner's transactional producer take
+    their settings from producer_kwargs(): a producer setting cannot reach one and miss the
+    other, and "none" is aiokafka's None."""
+    from bridge import publisher
+
+    set_env(
+        monkeypatch,
+        BRIDGE_AUTH_TOKEN=SECRET,
+        BRIDGE_KAFKA_COMPRESSION_TYPE=setting,
+        BRIDGE_KAFKA_LINGER_MS="7",
+        BRIDGE_KAFKA_MAX_BATCH_SIZE="65536",
+    )
+    kafka = load_settings().kafka
+    kwargs = publisher.producer_kwargs(kafka, 123_456)
+    assert kwargs["acks"] == "all"
+    assert kwargs["compression_type"] == expected
+    assert kwargs["linger_ms"] == 7
+    assert kwargs["max_batch_size"] == 65536
+    assert kwargs["max_request_size"] == 123_456
+    assert kwargs["bootstrap_servers"] == kafka.bootstrap_servers
