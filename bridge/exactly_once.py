@@ -65,6 +65,12 @@ _FENCED_GRACE_SECONDS: Final = 3.0
 _RETRY_MAX_SECONDS: Final = 5.0
 _SWEEP_SECONDS: Final = 60.0
 _CLOSE_SECONDS: Final = 2.0
+# The transactional producers' pause before retrying a request. Kafka answers the first
+# requests of a transaction with retriable errors while the last one's markers are still
+# being written (CONCURRENT_TRANSACTIONS; COORDINATOR_NOT_AVAILABLE to a TxnOffsetCommit of
+# aiokafka's version): at the usual 100 ms, every such answer held a commit, and every
+# webhook waiting on it, that long. Java's producer retries those after 20 ms as well.
+_TXN_RETRY_BACKOFF_MS: Final = 20
 # Answers to InitProducerId that say the cluster can run transactions after a while.
 _TRANSIENT: Final = (KafkaConnectionError, NodeNotReadyError, RequestTimedOutError, TimeoutError)
 _FENCED: Final = (ProducerFenced,)
@@ -232,13 +238,18 @@ class PartitionOwner:
         self.next_sweep = time.monotonic() + _SWEEP_SECONDS
         # Events added directly (add_direct) to the open transaction, answered at its commit.
         self.waiters: list[asyncio.Future[None]] = []
+        # The commit the commit loop started, while it runs.
+        self.committing: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         """Fence the last owner, restore the dedupe state, resume at the committed offset."""
         engine = self.engine
         settings = engine.settings.kafka
         producer = AIOKafkaProducer(
-            **producer_kwargs(settings, engine.max_request_size),
+            **{
+                **producer_kwargs(settings, engine.max_request_size),
+                "retry_backoff_ms": min(settings.retry_backoff_ms, _TXN_RETRY_BACKOFF_MS),
+            },
             transactional_id=transactional_id(engine.publisher.topics.prefix, self.partition),
             transaction_timeout_ms=engine.settings.delivery.transaction_timeout_ms,
         )
@@ -417,6 +428,9 @@ class PartitionOwner:
         self.written = 0
         if self.next_offset is not None:
             engine.watch.committed(self.partition, self.next_offset)
+            # Offsets go into a transaction only when it processed intake records: resent
+            # unchanged, they cost an AddOffsetsToTxn and a TxnOffsetCommit every commit.
+            self.next_offset = None
         waiters, self.waiters = self.waiters, []
         for future in waiters:
             if not future.done():
@@ -656,7 +670,11 @@ class ExactlyOnce:
         """Commit each open transaction one commit interval after its first record."""
         interval = self.settings.delivery.commit_interval_ms / 1000
         while True:
-            started = [o.txn_started for o in self.owners.values() if o.ready and o.in_txn]
+            started = [
+                o.txn_started
+                for o in self.owners.values()
+                if o.ready and o.in_txn and (o.committing is None or o.committing.done())
+            ]
             if not started:
                 self.txn_opened.clear()
                 await self.txn_opened.wait()
@@ -666,12 +684,11 @@ class ExactlyOnce:
                 await asyncio.sleep(delay)
                 continue
             now = time.monotonic()
-            due = [
-                o
-                for o in self.owners.values()
-                if o.ready and o.in_txn and now - o.txn_started >= interval
-            ]
-            await asyncio.gather(*(self._commit(o) for o in due))
+            for owner in self.owners.values():
+                if owner.ready and owner.in_txn and now - owner.txn_started >= interval:
+                    # Each on its own: a slow commit must not hold the others' (and their
+                    # waiting webhooks) behind it.
+                    owner.committing = asyncio.create_task(self._commit(owner))
 
     async def submit(self, ticket_id: int, event_id: int, record: EventRecord) -> Any:
         """The shortcut of IntakeSink.publish: when this replica owns the intake partition of
