@@ -16,8 +16,9 @@ event ids and the bridge's own count of "accepted" answers must be equal, and at
 the load saw answered 2xx.
 Installs wrk with apt-get when it is missing (as root); Kafka's jars come from `make kafka`.
 (e) is (b) with BRIDGE_DELIVERY_GUARANTEE=exactly_once (its requests per CPU-second against
-(b)'s), and both guarantees are run open loop at 25 % of (e)'s capacity with a read_committed
-reader timing each event from its due time until it is visible.
+(b)'s, closed loop), and both guarantees are run open loop at the same offered rates, 25 % and
+75 % of (e)'s closed-loop capacity: their CPU per request at the same load, and at 25 % a
+read_committed reader times each event from its due time until it is visible.
 Usage: python bench/ingress.py [--duration S] [--latency-seconds S] [--rates R1,R2]
        [--linger-ms 0,20] [--no-tansu] [--no-exactly-once | --exactly-once-only];
        A/B: --base DIR [--rounds N]
@@ -80,6 +81,12 @@ GOAL_E_OVER_B_PER_CPU = 0.7
 
 # Offered rates of the open-loop runs, as fractions of (b)'s closed-loop requests/s.
 LATENCY_FRACTIONS = (0.25, 0.5)
+# Both guarantees at the same offered rates, as fractions of (e)'s closed-loop requests/s:
+# the visibility latency at the first, the CPU per request at each.
+EXACTLY_ONCE_FRACTIONS = (0.25, 0.75)
+# Connections of those open-loop runs: enough for the offered rate times exactly_once's
+# answer time (a commit interval), below the bridge's 512 per worker.
+VISIBILITY_CONNECTIONS = 384
 LOADGEN_RT_PRIORITY = 10
 
 # Other processes taking more than this of the server's core make a latency row suspect.
@@ -748,7 +755,14 @@ class Bench:
         )
 
     def open_loop(
-        self, name: str, url: str, root: int, broker: Broker | None, rate: float, seconds: int
+        self,
+        name: str,
+        url: str,
+        root: int,
+        broker: Broker | None,
+        rate: float,
+        seconds: int,
+        connections: int = CONNECTIONS,
     ) -> LatencyRow:
         self.runs += 1
         spec = loadgen.Spec(
@@ -761,12 +775,20 @@ class Bench:
             rate=rate,
             warmup=WARMUP_SECONDS,
             seconds=seconds,
-            connections=CONNECTIONS,
+            connections=connections,
         )
         pids = process_tree(root)
         before = Usage.take(pids, broker, self.server_cores)
         result = run_loadgen(spec, self.logs / f"loadgen-{self.runs}.json", self.load_cores)
         return LatencyRow(name, result, Usage.take(pids, broker, self.server_cores) - before)
+
+    def same_rate(self, broker: Broker, e: Row, seconds: int) -> list[SameRate]:
+        """Both guarantees at each of EXACTLY_ONCE_FRACTIONS of (e)'s closed-loop rate."""
+        points = []
+        for fraction in EXACTLY_ONCE_FRACTIONS:
+            rate = round(fraction * e.wrk.rate)
+            points.append(SameRate(rate, fraction, self.visibility(broker, rate, seconds)))
+        return points
 
     def visibility(
         self, broker: Broker, rate: float, seconds: int
@@ -780,7 +802,15 @@ class Bench:
                 self.bridge_process(broker, 1, self.server_cores, guarantee=guarantee) as bridge,
                 Visibility(broker.bootstrap_servers, bridge.prefix) as reader,
             ):
-                row = self.open_loop(guarantee, bridge.url, bridge.pid, broker, rate, seconds)
+                row = self.open_loop(
+                    guarantee,
+                    bridge.url,
+                    bridge.pid,
+                    broker,
+                    rate,
+                    seconds,
+                    connections=VISIBILITY_CONNECTIONS,
+                )
                 id_base = self.runs * RUN_ID_STRIDE
                 wait_until(
                     lambda: len(reader.seen) >= row.load.ok_total,  # noqa: B023
@@ -1151,11 +1181,9 @@ def main() -> int:
             ]
             if args.latency_seconds > 0:
                 latency, checks = bench.latency(kafka, rates, args.latency_seconds, lingers)
-            visibility: list[tuple[str, LatencyRow, list[float]]] = []
-            e_rate = 0.0
+            same_rate: list[SameRate] = []
             if e is not None and args.latency_seconds > 0:
-                e_rate = round(0.25 * e.wrk.rate)
-                visibility = bench.visibility(kafka, e_rate, args.latency_seconds)
+                same_rate = bench.same_rate(kafka, e, args.latency_seconds)
         if not args.no_tansu:
             with tansu_broker(logs, bench.load_cores) as broker:
                 tansu = bench.bridge("(b) bridge 1 worker, pinned, tansu", broker, 1, pinned=pin)
@@ -1190,7 +1218,7 @@ def main() -> int:
     if tansu is not None:
         print(f"b on Kafka / b on tansu requests per CPU-s: {b.per_cpu / tansu.per_cpu:.2f}")
     if e is not None:
-        report_exactly_once(b, e, visibility, e_rate)
+        report_exactly_once(b, e, same_rate)
     if pin:
         for row in (a, b):
             share = row.usage.share(row.usage.server)
@@ -1238,6 +1266,11 @@ def main() -> int:
                 f" {r.statuses or '-'}), {r.socket_errors} socket errors,"
                 f" {r.unanswered} unanswered"
             )
+    for point in same_rate:
+        failed = point.failed()
+        errors += failed
+        if failed:
+            print(f"open loop at {point.rate:,.0f}/s, both guarantees: {failed} failed requests")
     print(f"failed requests (non-2xx, socket errors, timeouts), all configs: {errors}")
     return 0 if all(results) and not errors else 1
 
@@ -1252,27 +1285,67 @@ def exactly_once_row(bench: Bench, kafka: Broker, pin: bool) -> Row:
     )
 
 
-def report_exactly_once(
-    b: Row, e: Row, visibility: list[tuple[str, LatencyRow, list[float]]], rate: float
-) -> None:
-    ratio = e.per_cpu / b.per_cpu
+def report_exactly_once(b: Row, e: Row, same_rate: list[SameRate]) -> None:
+    closed = e.per_cpu / b.per_cpu
+    busy_b, busy_e = (row.usage.share(row.usage.server) for row in (b, e))
     print(
-        f"e/b requests per CPU-s:   {ratio:.2f}  (exactly_once against at_least_once, goal >="
-        f" {GOAL_E_OVER_B_PER_CPU}: {verdict(ratio >= GOAL_E_OVER_B_PER_CPU)})"
+        f"e/b requests per CPU-s, closed loop: {closed:.2f}  (wrk at concurrency {CONNECTIONS}:"
+        f" each exactly_once answer waits for its transaction's commit, so (e) kept its core"
+        f" {busy_e:.0%} busy against (b)'s {busy_b:.0%}; a core that idles between requests"
+        " spends more on each)"
     )
-    print(f"e/b requests/s:           {e.wrk.rate / b.wrk.rate:.2f}")
-    if visibility:
-        print()
+    print(f"e/b requests/s, closed loop:         {e.wrk.rate / b.wrk.rate:.2f}")
+    if not same_rate:
+        return
+    for point in same_rate:
+        ratio = point.ratio
         print(
-            f"send to read_committed visibility (open loop at {rate:,.0f}/s = 25 % of (e)'s"
-            " closed-loop capacity; from each request's due time until a read_committed"
-            " confluent-kafka reader, fetch.wait.max.ms=5, got its record)"
+            f"e/b requests per CPU-s at {point.rate:,.0f}/s offered to both"
+            f" ({point.fraction:.0%} of (e)'s closed-loop rate): {ratio:.2f}"
+            f"  ({point.b.cpu_us_per_request:.0f} against {point.e.cpu_us_per_request:.0f} us"
+            f" of CPU per request; goal >= {GOAL_E_OVER_B_PER_CPU}:"
+            f" {verdict(ratio >= GOAL_E_OVER_B_PER_CPU)})"
         )
-        print_visibility(visibility, rate)
+    first = same_rate[0]
+    print()
+    print(
+        f"send to read_committed visibility (open loop at {first.rate:,.0f}/s ="
+        f" {first.fraction:.0%} of (e)'s closed-loop capacity, {VISIBILITY_CONNECTIONS}"
+        " connections; from each request's due time until a read_committed confluent-kafka"
+        " reader, fetch.wait.max.ms=5, got its record)"
+    )
+    print_visibility(first.rows, first.rate)
+
+
+@dataclass(frozen=True, slots=True)
+class SameRate:
+    """Both guarantees, one after the other, open loop at one offered rate."""
+
+    rate: float
+    fraction: float  # of (e)'s closed-loop requests/s
+    rows: list[tuple[str, LatencyRow, list[float]]]
+
+    @property
+    def b(self) -> LatencyRow:
+        return self.rows[0][1]
+
+    @property
+    def e(self) -> LatencyRow:
+        return self.rows[1][1]
+
+    @property
+    def ratio(self) -> float:
+        """exactly_once's requests per CPU-second over at_least_once's, at the same load."""
+        return self.b.cpu_us_per_request / self.e.cpu_us_per_request
+
+    def failed(self) -> int:
+        return sum(
+            r.load.non2xx + r.load.socket_errors + r.load.unanswered for _, r, _ in self.rows
+        )
 
 
 def exactly_once_only(seconds: int, latency_seconds: int) -> int:
-    """(b) and (e) in the same run, then the visibility latency of both guarantees."""
+    """(b) and (e) in the same run, then both guarantees at the same offered rates."""
     wrk = ensure_wrk()
     pin = len(os.sched_getaffinity(0)) >= 2
     started = machine()
@@ -1284,17 +1357,14 @@ def exactly_once_only(seconds: int, latency_seconds: int) -> int:
         with kafka_broker(logs, bench.load_cores) as kafka:
             b = bench.bridge("(b) bridge 1 worker, pinned", kafka, 1, pinned=pin)
             e = exactly_once_row(bench, kafka, pin)
-            rate = round(0.25 * e.wrk.rate)
-            visibility = bench.visibility(kafka, rate, latency_seconds) if latency_seconds else []
+            same_rate = bench.same_rate(kafka, e, latency_seconds) if latency_seconds else []
     print(f"machine at start: {started}")
     print_table([b, e])
     print()
-    report_exactly_once(b, e, visibility, rate)
+    report_exactly_once(b, e, same_rate)
     results = [KafkaCheck.of(row).passed() for row in (b, e)]
     errors = sum(r.wrk.non2xx + r.wrk.socket_errors + r.wrk.timeouts for r in (b, e))
-    errors += sum(
-        row.load.non2xx + row.load.socket_errors + row.load.unanswered for _, row, _ in visibility
-    )
+    errors += sum(point.failed() for point in same_rate)
     print(f"failed requests (non-2xx, socket errors, timeouts), all configs: {errors}")
     return 0 if all(results) and not errors else 1
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import math
 import time
 import uuid
 from collections.abc import Iterable
@@ -64,6 +65,7 @@ _BATCH: Final = 5000
 _FENCED_GRACE_SECONDS: Final = 3.0
 _RETRY_MAX_SECONDS: Final = 5.0
 _SWEEP_SECONDS: Final = 60.0
+_TICK_SECONDS: Final = 0.1
 _CLOSE_SECONDS: Final = 2.0
 # The transactional producers' pause before retrying a request. Kafka answers the first
 # requests of a transaction with retriable errors while the last one's markers are still
@@ -245,6 +247,7 @@ class PartitionOwner:
         """Fence the last owner, restore the dedupe state, resume at the committed offset."""
         engine = self.engine
         settings = engine.settings.kafka
+        started = time.monotonic()
         producer = AIOKafkaProducer(
             **{
                 **producer_kwargs(settings, engine.max_request_size),
@@ -263,6 +266,7 @@ class PartitionOwner:
             with contextlib.suppress(Exception):
                 await producer.stop()
             raise
+        fenced_in = time.monotonic() - started
         self.producer = producer
         self.begun = True
         self.in_txn = False
@@ -286,21 +290,24 @@ class PartitionOwner:
             tickets=len(self.tickets),
             offset=committed,
             owned=engine.owned(),
+            fence_seconds=round(fenced_in, 3),
+            seconds=round(time.monotonic() - started, 3),
         )
 
-    async def close(self) -> None:
+    async def close(self, *, wait: bool = True) -> None:
+        """`wait=False` after a failed transaction: the producer is stopped in the
+        background (it may hang on a frozen broker), the partition opened again meanwhile;
+        the new producer's InitProducerId fences it and ends its open transaction."""
         self.ready = False
         self.fail_waiters(KafkaUnavailableError("intake partition handed over"))
         producer, self.producer = self.producer, None
         if producer is not None:
-            try:
-                # Not long: what it still holds belongs to a transaction that Kafka aborts
-                # (the next owner's fence, or the transaction timeout) if it did not commit.
-                async with asyncio.timeout(_CLOSE_SECONDS):
-                    await producer.stop()
-            except (TimeoutError, KafkaError) as exc:
-                # An open transaction is aborted by Kafka (timeout, or the next owner).
-                log.warning("intake_producer_stop_abandoned", error=type(exc).__name__)
+            stopping = asyncio.ensure_future(_stop(producer))
+            if wait:
+                await stopping
+            else:
+                self.engine.stopping.add(stopping)
+                stopping.add_done_callback(self.engine.stopping.discard)
 
     async def _begin(self) -> AIOKafkaProducer:
         producer = self.producer
@@ -437,6 +444,16 @@ class PartitionOwner:
                 future.set_result(None)
 
 
+async def _stop(producer: AIOKafkaProducer) -> None:
+    try:
+        # Not long: what it still holds belongs to a transaction that Kafka aborts (the next
+        # owner's fence, or the transaction timeout) if it did not commit.
+        async with asyncio.timeout(_CLOSE_SECONDS):
+            await producer.stop()
+    except (TimeoutError, KafkaError) as exc:
+        log.warning("intake_producer_stop_abandoned", error=type(exc).__name__)
+
+
 def _retrieved(future: asyncio.Future[Any]) -> None:
     # A failed send fails its transaction's commit, which is what is handled.
     if not future.cancelled():
@@ -501,6 +518,12 @@ class ExactlyOnce:
         self.txn_opened = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self.intake_partitions = 0
+        # The stall detector (stalled()): when its task last ran, and last found a gap.
+        self._last_tick = time.monotonic()
+        self._last_stall = -math.inf
+        self._ticker: asyncio.Task[None] | None = None
+        # Producers being stopped in the background (PartitionOwner.close(wait=False)).
+        self.stopping: set[asyncio.Future[None]] = set()
 
     def owned(self) -> list[int]:
         """The intake partitions whose owner is open (writing transactions) now."""
@@ -514,6 +537,7 @@ class ExactlyOnce:
 
     async def start(self) -> None:
         await self.watch.start()
+        self._ticker = asyncio.create_task(self._tick(), name="intake-stall-detector")
         self._task = asyncio.create_task(self._run(), name="intake-engine")
         self._task.add_done_callback(self._ended)
 
@@ -529,7 +553,7 @@ class ExactlyOnce:
             self.fatal.set_exception(exc)
 
     async def stop(self) -> None:
-        for task in (self._task, self._committer):
+        for task in (self._task, self._committer, self._ticker):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -538,6 +562,7 @@ class ExactlyOnce:
         for owner in list(self.owners.values()):
             await self._release(owner, commit=True)
         self.owners.clear()
+        await asyncio.gather(*self.stopping, return_exceptions=True)
         if self.consumer is not None:
             with contextlib.suppress(Exception):
                 await self.consumer.stop()
@@ -735,15 +760,36 @@ class ExactlyOnce:
             owner.recovering = asyncio.create_task(self._recover(owner, fenced))
 
     async def _recover(self, owner: PartitionOwner, fenced: bool) -> None:
-        await owner.close()
-        # Whatever failed, this replica may be the zombie: fenced by the partition's new
-        # owner, or just woken from a freeze (its commit timed out on the wall clock).
-        # The group takes the partition from a zombie at its next heartbeat; opening first
-        # would fence the rightful owner. So wait two heartbeats (longer when fenced) and
-        # open only if the partition is still ours.
+        await owner.close(wait=False)
+        # This replica may be the zombie: fenced by the partition's new owner, or just woken
+        # from a freeze (its commit timed out on the wall clock). The group takes the
+        # partition from a zombie at its next heartbeat; opening first would fence the
+        # rightful owner. So then wait two heartbeats (longer when fenced) and open only if
+        # the partition is still ours. A replica that ran all along (its commit failed on a
+        # broker: frozen, moved) opens again at once: a group member that heartbeats is no
+        # zombie, and every second here is a second of 503s for the partition.
         heartbeat = self.settings.poller.group_heartbeat_interval_ms / 1000
-        await asyncio.sleep(max(_FENCED_GRACE_SECONDS, 2 * heartbeat) if fenced else 2 * heartbeat)
+        if fenced:
+            await asyncio.sleep(max(_FENCED_GRACE_SECONDS, 2 * heartbeat))
+        elif self.stalled(within=self.settings.poller.group_session_timeout_ms / 1000):
+            await asyncio.sleep(2 * heartbeat)
         await self._open(owner)
+
+    def stalled(self, within: float) -> bool:
+        """Whether this process stopped running (SIGSTOP, a pause of the VM) for longer than
+        a heartbeat within the last `within` seconds: its group membership may have ended."""
+        now = time.monotonic()
+        gap = self.settings.poller.group_heartbeat_interval_ms / 1000
+        return now - self._last_tick > gap or now - self._last_stall < within
+
+    async def _tick(self) -> None:
+        gap = self.settings.poller.group_heartbeat_interval_ms / 1000
+        while True:
+            await asyncio.sleep(_TICK_SECONDS)
+            now = time.monotonic()
+            if now - self._last_tick > gap:
+                self._last_stall = now
+            self._last_tick = now
 
     async def _open(self, owner: PartitionOwner) -> None:
         """Open an owner, again and again while Kafka refuses, as long as it is ours."""
