@@ -41,7 +41,7 @@ from bridge.errors import (
     PublishTimeoutError,
     TransactionsUnavailableError,
 )
-from bridge.metadata import ask_every_broker
+from bridge.metadata import ask_every_broker, find_coordinator
 from bridge.models import CanonicalEvent
 from bridge.publisher import (
     EventRecord,
@@ -181,7 +181,7 @@ class CommitWatch:
             admin = self._admin
         async with asyncio.timeout(self._settings.kafka.request_timeout_ms / 1000 * 2):
             if self._coordinator is None:
-                self._coordinator = await admin.find_coordinator(self._group)
+                self._coordinator = await find_coordinator(admin._client, self._group, 0)
             offsets: dict[TopicPartition, Any] = await admin.list_consumer_group_offsets(
                 self._group,
                 self._coordinator,

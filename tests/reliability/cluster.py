@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
@@ -489,6 +490,17 @@ class FrozenLeader:
     refusals: dict[int, Counter[str]]  # partition -> 503 reasons (and connection errors)
 
 
+async def transaction_coordinator(cluster: KafkaCluster, transactional_id: str) -> int:
+    """The node coordinating `transactional_id`'s transactions (FindCoordinator, key type 1)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap_servers)
+    await admin.start()
+    try:
+        node: int = await admin.find_coordinator(transactional_id, 1)
+    finally:
+        await admin.close()
+    return node
+
+
 def _tickets_per_partition(partitions: int, per_partition: int) -> dict[int, int]:
     tickets: dict[int, int] = {}
     counts: Counter[int] = Counter()
@@ -509,6 +521,7 @@ async def leader_frozen(
     freeze_seconds: float = 20.0,
     after_seconds: float = 5.0,
     partitions: int = 6,
+    coordinator: bool = False,
     **variables: str,
 ) -> FrozenLeader:
     """The leader of some partitions SIGSTOPped for `freeze_seconds`, under load on every
@@ -517,6 +530,8 @@ async def leader_frozen(
     Kafka fences the frozen node after broker.session.timeout.ms and moves its leaderships;
     the watch (live nodes' metadata) says when. Per partition: the longest time without a
     200 from the freeze on, against that failover time; and the 503s it got.
+    `coordinator`: freeze instead the transaction coordinator of intake partition 0's
+    transactional id (exactly_once), the node its commits wait for.
     """
     topic = TopicNames(prefix).category("ticket")
     variables = {
@@ -536,6 +551,8 @@ async def leader_frozen(
             )
             leaders = await asyncio.to_thread(kafkakit.leaders, cluster.bootstrap_servers, topic)
             frozen = leaders[0]
+            if coordinator:
+                frozen = await transaction_coordinator(cluster, f"{prefix}.intake-0")
             watch = LeaderWatch(cluster, topic, frozen)
             await watch.start()
             frozen_at = time.monotonic()
@@ -560,7 +577,11 @@ async def leader_frozen(
     isr_shrunk = max(shrunk.values()) - frozen_at if len(shrunk) == partitions else None
     missing = census.missing(load.acked)
     row = Row(
-        scenario="10 partition leader SIGSTOPped",
+        scenario=(
+            "E5 transaction coordinator SIGSTOPped"
+            if coordinator
+            else "10 partition leader SIGSTOPped"
+        ),
         events=len(load.acked),
         sent=len(load.acked),
         acked=len(load.acked),
@@ -576,8 +597,9 @@ async def leader_frozen(
         + (f" 503 {dict(load.refusals[p])}" if load.refusals.get(p) else "")
         for p in range(partitions)
     )
+    role = "transaction coordinator of intake-0, " if coordinator else ""
     row.note = (
-        f"node {frozen} (leader of partitions {sorted(watch.led)}) frozen"
+        f"node {frozen} ({role}leader of partitions {sorted(watch.led)}) frozen"
         f" {resumed_at - frozen_at:.0f}s; longest without a 200 per partition: {shown};"
         f" frozen node out of every ISR after"
         f" {'-' if isr_shrunk is None else f'{isr_shrunk:.1f}s'}"

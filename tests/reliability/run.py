@@ -92,6 +92,13 @@ async def run_all(
                 ("E3", lambda: eos.zombie(boot, f"{stamp}.e3", logs, eos_size)),
                 ("E4", lambda: eos.scaled(boot, f"{stamp}.e4", logs, eos_size)),
             ]
+            if wanted("E5"):
+                variables = {"BRIDGE_DELIVERY_GUARANTEE": "exactly_once"}
+                coordinator = await cluster.leader_frozen(
+                    kafka3, f"{stamp}.e5", logs, coordinator=True, **variables
+                )
+                coordinator.row.guarantee = "exactly_once"
+                show(coordinator.row)
             for name, step in eos_steps:
                 if wanted(name):
                     show(await step())

@@ -7,10 +7,16 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import (
+    CoordinatorNotAvailableError,
+    KafkaConnectionError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+)
 
-from bridge.metadata import ask_every_broker, first_answer
+from bridge.metadata import ask_every_broker, find_coordinator, first_answer
 
 
 @dataclass
@@ -21,6 +27,12 @@ class Broker:
 @dataclass
 class Answer:
     brokers: list[Broker]
+
+
+@dataclass
+class FoundCoordinator:
+    error_code: int
+    coordinator_id: int
 
 
 class Conn:
@@ -39,6 +51,12 @@ class Conn:
                 raise
         if self.behaviour == "broken":
             raise KafkaConnectionError()
+        if self.behaviour == "slow":
+            raise TimeoutError()
+        if self.behaviour.startswith("coordinator"):
+            # FindCoordinator: "coordinator=3" names node 3, "coordinator!15" answers error 15.
+            code, node = (15, -1) if "!" in self.behaviour else (0, int(self.behaviour[12:]))
+            return FoundCoordinator(code, node)  # type: ignore[return-value]
         return Answer(self.brokers)
 
 
@@ -105,7 +123,39 @@ async def test_installed_on_aiokafkas_own_client() -> None:
     # client's own update (another version would keep its own and log a warning).
     producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
     client: Any = producer.client
-    own = client._metadata_update
+    own, own_lookup = client._metadata_update, client.coordinator_lookup
     ask_every_broker(client)
     assert client._metadata_update != own
     assert client._metadata_update.__func__.__name__ == "update"
+    assert client.coordinator_lookup != own_lookup
+    assert client.coordinator_lookup.__func__.__name__ == "lookup"
+
+
+async def test_a_coordinator_is_found_whatever_a_hung_broker_does() -> None:
+    """aiokafka asks one random broker: picking the frozen one cost a request timeout, and a
+    transaction's commit waited on it."""
+    client = _client("hung", "coordinator=3", "coordinator=3")
+    async with asyncio.timeout(1):
+        found = await find_coordinator(client, "p.intake-0", 1)  # type: ignore[arg-type]
+    assert found == 3
+    assert all(conn.asked == 1 for conn in client.conns.values()), "every broker asked at once"
+    assert client.conns[1].cancelled
+    assert client.groups == ["metadata"] * 3
+
+
+async def test_kafkas_own_error_is_raised_before_a_timeout() -> None:
+    # While a coordinator moves, live brokers say so: the caller retries on that error.
+    client = _client("slow", "coordinator!15")
+    with pytest.raises(CoordinatorNotAvailableError):
+        await find_coordinator(client, "g", 0)  # type: ignore[arg-type]
+
+
+async def test_no_answer_raises_what_aiokafkas_callers_retry() -> None:
+    for behaviours, expected in (
+        (("slow", "broken"), RequestTimedOutError),
+        (("broken", "broken"), NodeNotReadyError),
+    ):
+        client = _client(*behaviours)
+        with pytest.raises(expected) as raised:
+            await find_coordinator(client, "g", 0)  # type: ignore[arg-type]
+        assert raised.value.retriable
