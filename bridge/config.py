@@ -708,15 +708,17 @@ class DeliverySettings(_Section):
         ),
     )
     transaction_timeout_ms: int = Field(
-        default=10_000,
+        default=30_000,
         ge=1000,
         description=(
-            "exactly_once: Kafka aborts a transaction left open this long (an owner that died"
-            " in the middle). Until then read_committed consumers of the partitions it wrote"
-            " wait, so it is kept near the intake group's session timeout"
-            " (BRIDGE_POLLER_GROUP_SESSION_TIMEOUT_MS, after which a new owner fences the old"
-            " one and aborts its transaction at once). Within the broker's"
-            " transaction.max.timeout.ms."
+            "exactly_once: how long a transaction may stay open before Kafka aborts it, and"
+            " how long an owner waits for its commit. It must outlast a broker failover (the"
+            " broker's session timeout, the ISR shrink, a request timeout or two) or every"
+            " commit in flight when a broker hangs is given up and redone. An owner that died"
+            " mid-transaction is fenced sooner, by the next owner after"
+            " BRIDGE_POLLER_GROUP_SESSION_TIMEOUT_MS; only when no replica takes over do"
+            " read_committed consumers of the partitions it wrote wait this long. Within the"
+            " broker's transaction.max.timeout.ms."
         ),
     )
     horizon_hours: float = Field(

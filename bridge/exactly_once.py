@@ -192,7 +192,10 @@ class CommitWatch:
     async def committed_offset(self, partition: int) -> int | None:
         """The group's committed offset of `partition` (None: none yet), asked of the group
         coordinator with the short request timeout (a frozen coordinator is given up on
-        and found again, where the group's consumer would wait 30 s)."""
+        and found again, where the group's consumer would wait 30 s). The coordinator is
+        looked up anew: an owner opens after a failure, often because a broker froze, and
+        the one cached may be that broker."""
+        self._coordinator = None
         try:
             offsets = await self._fetch([partition])
         except (KafkaError, OSError, TimeoutError):
