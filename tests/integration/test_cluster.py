@@ -35,13 +35,21 @@ pytestmark = pytest.mark.integration
 RecordProperty = Callable[[str, Any], None]
 
 
+RECOMMENDED_FOR_EXACTLY_ONCE = scenarios.RECOMMENDED_FOR_EXACTLY_ONCE
+
+
 @pytest.fixture(scope="module")
 def kafka3(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[KafkaCluster]:
-    """Three nodes, min.insync.replicas=2; every test leaves all three running."""
+    """Three nodes, min.insync.replicas=2; every test leaves all three running. Brokers'
+    request.timeout.ms at 5000, as docs/exactly-once.md recommends for exactly_once: a
+    transaction coordinator's markers to a frozen partition leader wait that long (30 s by
+    default) and hold the transactional id's next transaction; nothing else here uses it."""
     workdir = tmp_path_factory.mktemp("kafka3")
-    with KafkaCluster(nodes=3, workdir=workdir, heap="384m") as cluster:
+    with KafkaCluster(
+        nodes=3, workdir=workdir, heap="384m", broker_config=RECOMMENDED_FOR_EXACTLY_ONCE
+    ) as cluster:
         remember(request.config, cluster)
         yield cluster
         forget(request.config, cluster)
@@ -213,3 +221,37 @@ async def test_a_frozen_leader_costs_its_partitions_seconds_past_failover_and_th
         if partition not in frozen.led:
             assert not refused, f"partition {partition} was led by a live node; {frozen.row.note}"
     assert frozen.row.missing == 0, frozen.row.missing_ids
+
+
+async def test_a_frozen_transaction_coordinator_costs_exactly_once_seconds_past_failover(
+    kafka3: KafkaCluster, topic_prefix: str, tmp_path: Path, record_property: RecordProperty
+) -> None:
+    """exactly_once, the transaction coordinator of intake partition 0's transactional id
+    SIGSTOPped for 25 s (often the intake group's coordinator and a partition leader too).
+
+    Every partition takes 200s again long before the node resumes: within Kafka's failover
+    (the frozen node out of the ISRs, its leaderships moved) plus two of the brokers'
+    request.timeout.ms, the bound docs/exactly-once.md gives (a transaction coordinator's
+    markers to the frozen node wait that long, twice when the first try ends before the
+    failover, and hold the id's next transaction); and the read_committed read-back has
+    every acknowledged id exactly once.
+    """
+    broker_request_timeout = int(RECOMMENDED_FOR_EXACTLY_ONCE["request.timeout.ms"]) / 1000
+    frozen = await scenarios.leader_frozen(
+        kafka3,
+        topic_prefix,
+        tmp_path,
+        freeze_seconds=25.0,
+        coordinator=True,
+        BRIDGE_DELIVERY_GUARANTEE="exactly_once",
+    )
+    _record(frozen.row, record_property)
+    record_property("failover_s", frozen.failover)
+    record_property("gaps_s", frozen.gaps)
+    failover = max(frozen.failover.values()) if frozen.failover else frozen.isr_shrunk
+    assert failover is not None, f"Kafka never dropped the frozen node; {frozen.row.note}"
+    bound = failover + 2 * broker_request_timeout
+    for partition, gap in frozen.gaps.items():
+        assert gap <= bound, f"partition {partition} past {bound:.1f}s: {frozen.row.note}"
+    assert frozen.row.missing == 0, frozen.row.missing_ids
+    assert frozen.row.duplicates == 0, frozen.row.note

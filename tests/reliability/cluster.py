@@ -501,6 +501,12 @@ async def transaction_coordinator(cluster: KafkaCluster, transactional_id: str) 
     return node
 
 
+# Brokers' request.timeout.ms for exactly_once (docs/exactly-once.md): a transaction
+# coordinator's markers to a frozen partition leader wait that long, and the transactional
+# id's next transaction with them (Kafka's default is 30000).
+RECOMMENDED_FOR_EXACTLY_ONCE: Final = {"request.timeout.ms": "5000"}
+
+
 def _tickets_per_partition(partitions: int, per_partition: int) -> dict[int, int]:
     tickets: dict[int, int] = {}
     counts: Counter[int] = Counter()
