@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import types
+from collections.abc import Iterable
 from typing import Any, Final
 
 import structlog
@@ -50,6 +51,15 @@ async def _ask(client: AIOKafkaClient, node_id: Any, request: Any) -> Any:
     return await conn.send(request)
 
 
+async def _abandon(pending: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel the requests whose answers are no longer wanted, and let them end."""
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
 async def first_answer(
     client: AIOKafkaClient, cluster_metadata: ClusterMetadata, topics: Any
 ) -> bool:
@@ -78,11 +88,7 @@ async def first_answer(
                     client._conns.pop(_BOOTSTRAP).close()
                 return True
     finally:
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await _abandon(pending)
     cluster_metadata.failed_update(None)
     return False
 
@@ -119,11 +125,7 @@ async def find_coordinator(client: AIOKafkaClient, key: str, coordinator_type: i
                     return coordinator
                 answered = answered or error()
     finally:
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await _abandon(pending)
     if answered is not None:
         raise answered
     if timed_out:
