@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import types
-from collections.abc import Iterable
+from collections.abc import Collection
 from typing import Any, Final
 
 import structlog
@@ -51,7 +51,7 @@ async def _ask(client: AIOKafkaClient, node_id: Any, request: Any) -> Any:
     return await conn.send(request)
 
 
-async def _abandon(pending: Iterable[asyncio.Future[Any]]) -> None:
+async def _abandon(pending: Collection[asyncio.Future[Any]]) -> None:
     """Cancel the requests whose answers are no longer wanted, and let them end."""
     for task in pending:
         task.cancel()
