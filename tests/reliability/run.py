@@ -92,7 +92,6 @@ async def run_all(
                 ("E3", lambda: eos.zombie(boot, f"{stamp}.e3", logs, eos_size)),
                 ("E4", lambda: eos.scaled(boot, f"{stamp}.e4", logs, eos_size)),
             ]
-
             for name, step in eos_steps:
                 if wanted(name):
                     show(await step())
