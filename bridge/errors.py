@@ -223,3 +223,8 @@ class TransactionsUnavailableError(BridgeError):
     """exactly_once was asked for, but the cluster cannot run Kafka transactions (a broker
     without them, such as tansu, or no right to a transactional id): the bridge refuses to
     start rather than run with a weaker guarantee than configured."""
+
+
+class TransactionalIdDeniedError(TransactionsUnavailableError):
+    """The cluster runs transactions, but the principal may not use the intake's
+    transactional ids."""

@@ -39,6 +39,7 @@ from bridge.config import BridgeSettings
 from bridge.errors import (
     KafkaUnavailableError,
     PublishTimeoutError,
+    TransactionalIdDeniedError,
     TransactionsUnavailableError,
 )
 from bridge.metadata import ask_every_broker, find_coordinator
@@ -579,37 +580,12 @@ class ExactlyOnce:
     async def _probe(self) -> None:
         """Refuse a cluster that cannot run transactions, once Kafka answers at all."""
         backoff = 0.5
-        topics = self.publisher.topics
         while True:
-            producer = AIOKafkaProducer(
-                **connection_kwargs(self.settings.kafka),
-                # Its own id: replicas starting together must not fence each other's probe.
-                transactional_id=f"{topics.prefix}.intake-probe-{uuid.uuid4().hex[:12]}",
-                transaction_timeout_ms=self.settings.delivery.transaction_timeout_ms,
-            )
             try:
-                async with asyncio.timeout(self.settings.kafka.publish_timeout_seconds * 3):
-                    await producer.start()
-                    await producer.begin_transaction()
+                await probe_transactions(self.settings)
                 return
             except (*_TRANSIENT, ProducerFenced) as exc:
                 log.warning("transactions_probe_retry", error=type(exc).__name__)
-            except TransactionalIdAuthorizationFailed:
-                raise TransactionsUnavailableError(
-                    "BRIDGE_DELIVERY_GUARANTEE=exactly_once: the principal may not use"
-                    f" transactional ids {topics.prefix}.intake-* (grant Write and Describe"
-                    " on that transactional-id prefix)"
-                ) from None
-            except KafkaError as exc:
-                raise TransactionsUnavailableError(
-                    "BRIDGE_DELIVERY_GUARANTEE=exactly_once needs a Kafka cluster with"
-                    f" transactions; {self.settings.kafka.bootstrap_servers} answered"
-                    f" {type(exc).__name__} to InitProducerId (tansu, the dev broker, has no"
-                    " transactions: use Apache Kafka, or at_least_once)"
-                ) from None
-            finally:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _RETRY_MAX_SECONDS)
 
@@ -903,6 +879,42 @@ class ExactlyOnce:
         finally:
             await consumer.stop()
         return tickets
+
+
+async def probe_transactions(settings: BridgeSettings) -> None:
+    """One InitProducerId and begin_transaction under a transactional id of the intake's
+    prefix, as the owners will use. Raises TransactionsUnavailableError when the cluster or
+    the principal cannot run them (tansu; no rights on the prefix), the transient errors of
+    _TRANSIENT (and ProducerFenced) when Kafka did not answer in time."""
+    prefix = settings.kafka.topic_prefix
+    producer = AIOKafkaProducer(
+        **connection_kwargs(settings.kafka),
+        # Its own id: replicas starting together must not fence each other's probe.
+        transactional_id=f"{prefix}.intake-probe-{uuid.uuid4().hex[:12]}",
+        transaction_timeout_ms=settings.delivery.transaction_timeout_ms,
+    )
+    try:
+        async with asyncio.timeout(settings.kafka.publish_timeout_seconds * 3):
+            await producer.start()
+            await producer.begin_transaction()
+    except TransactionalIdAuthorizationFailed:
+        raise TransactionalIdDeniedError(
+            "BRIDGE_DELIVERY_GUARANTEE=exactly_once: the principal may not use"
+            f" transactional ids {prefix}.intake-* (grant Write and Describe on that"
+            " transactional-id prefix)"
+        ) from None
+    except (*_TRANSIENT, ProducerFenced):
+        raise
+    except KafkaError as exc:
+        raise TransactionsUnavailableError(
+            "BRIDGE_DELIVERY_GUARANTEE=exactly_once needs a Kafka cluster with transactions;"
+            f" {settings.kafka.bootstrap_servers} answered {type(exc).__name__} to"
+            " InitProducerId (tansu, the dev broker, has no transactions: use Apache Kafka,"
+            " or at_least_once)"
+        ) from None
+    finally:
+        with contextlib.suppress(Exception):
+            await producer.stop()
 
 
 def _merge_state(tickets: dict[int, TicketState], record: Any) -> None:

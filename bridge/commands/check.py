@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -45,7 +45,10 @@ from bridge.errors import (
     ApizeeError,
     ApizeeNotFoundError,
     ApizeeUnavailableError,
+    TransactionalIdDeniedError,
+    TransactionsUnavailableError,
 )
+from bridge.exactly_once import intake_group, probe_transactions
 from bridge.publisher import TopicNames
 from bridge.registry import subject_name
 
@@ -120,6 +123,10 @@ class Preflight:
         self._rights_unknown: list[str] = []
         self.topics = TopicNames(settings.kafka.topic_prefix)
         self.polling = settings.poller.enabled and settings.apizee.base_url is not None
+        self.exactly_once = settings.delivery.guarantee == "exactly_once"
+        # Compacted (ticket states), and read as well as written by the bridge.
+        self.compacted = {self.topics.state, self.topics.intake_state}
+        self.read_too = {*self.compacted, self.topics.intake}
 
     def _add(self, finding: Finding) -> None:
         self.findings.append(finding)
@@ -131,7 +138,8 @@ class Preflight:
 
     @property
     def required_topics(self) -> list[str]:
-        return self.topics.events() + ([self.topics.state] if self.polling else [])
+        intake = [self.topics.intake, self.topics.intake_state] if self.exactly_once else []
+        return self.topics.events() + ([self.topics.state] if self.polling else []) + intake
 
     @property
     def principal(self) -> str:
@@ -150,7 +158,8 @@ class Preflight:
             _ok(
                 "configuration",
                 f"valid; topics {self.topics.prefix}.*, poller"
-                f" {'on' if self.polling else 'off'}, webhook auth {auth_text}",
+                f" {'on' if self.polling else 'off'}, webhook auth {auth_text}, delivery"
+                f" {settings.delivery.guarantee}",
             )
         )
         if not auth.methods and not auth.insecure_no_auth:
@@ -164,6 +173,8 @@ class Preflight:
         reachable = await self._brokers()
         if reachable:
             await self._cluster()
+            if self.exactly_once:
+                await self._transactions()
         else:
             self._add(Finding(Status.SKIP, "topics and rights", "not checked: no broker reachable"))
         await self._apizee()
@@ -216,6 +227,10 @@ class Preflight:
                     if self.polling:
                         group = self.settings.poller.group_id
                         self._group(group, await cluster.group_operations(group))
+                    if self.exactly_once:
+                        self._intake_partitions(info.topics)
+                        group = intake_group(self.settings)
+                        self._group(group, await cluster.group_operations(group), intake=True)
         except ClusterError as exc:
             self._add(_fail("cluster", exc.what, exc.fix))
         except (KafkaError, OSError, TimeoutError) as exc:
@@ -264,7 +279,7 @@ class Preflight:
         kafka = self.settings.kafka
         topic = info.name
         item = f"topic {topic}"
-        state = topic == self.topics.state
+        state = topic in self.read_too
         if info.denied:
             self._add(
                 _fail(
@@ -277,7 +292,7 @@ class Preflight:
             return
         if not info.exists:
             creates = "the bridge creates it at start-up" if kafka.create_topics else "create it"
-            compact = " --config cleanup.policy=compact" if state else ""
+            compact = " --config cleanup.policy=compact" if topic in self.compacted else ""
             self._add(
                 _fail(
                     item,
@@ -369,7 +384,7 @@ class Preflight:
             )
         policy = {p.strip() for p in config.get("cleanup.policy", "delete").split(",")}
         facts.append(f"cleanup.policy {','.join(sorted(policy))}")
-        if topic == self.topics.state and policy != {"compact"}:
+        if topic in self.compacted and policy != {"compact"}:
             problems.append(
                 (
                     f"cleanup.policy {','.join(sorted(policy))}: the ticket state must be"
@@ -377,7 +392,7 @@ class Preflight:
                     f"{alter} cleanup.policy=compact",
                 )
             )
-        elif topic != self.topics.state and "compact" in policy:
+        elif topic not in self.compacted and "compact" in policy:
             problems.append(
                 (
                     "cleanup.policy includes compact: events of one ticket share a key, so"
@@ -403,23 +418,79 @@ class Preflight:
             )
         return problems
 
-    def _group(self, group: str, operations: frozenset[AclOperation] | None) -> None:
+    def _group(
+        self, group: str, operations: frozenset[AclOperation] | None, *, intake: bool = False
+    ) -> None:
         item = f"consumer group {group}"
+        who = "exactly_once's partition owners join it" if intake else "the poller joins it"
         if operations is not None and AclOperation.READ in operations:
-            self._add(_ok(item, f"{self.principal} may read it (the poller joins it)"))
+            self._add(_ok(item, f"{self.principal} may read it ({who})"))
             return
         if operations is None:
             self._add(_skip(item, _NO_AUTHORIZED_OPERATIONS))
             return
+        instead = (
+            f" (its name follows {env_name('kafka', 'topic_prefix')})"
+            if intake
+            else f" (or set {env_name('poller', 'group_id')} to a group it may read)"
+        )
         self._add(
             _fail(
                 item,
-                f"{self.principal} may not read it: the poller cannot join, /readyz stays 503",
+                f"{self.principal} may not read it: {'no owner' if intake else 'the poller'}"
+                " can join, /readyz stays 503",
                 f"kafka-acls.sh --add --allow-principal {self.principal} --operation Read"
-                f" --group {group} (or set {env_name('poller', 'group_id')} to a group it may"
-                " read)",
+                f" --group {group}{instead}",
             )
         )
+
+    def _intake_partitions(self, topics: Mapping[str, TopicInfo]) -> None:
+        """exactly_once keeps a ticket's state in the intake-state partition of the same
+        number as its intake partition: both topics need the same count."""
+        intake, state = topics[self.topics.intake], topics[self.topics.intake_state]
+        if not (intake.exists and state.exists) or intake.partitions == state.partitions:
+            return
+        self._add(
+            _fail(
+                "exactly_once",
+                f"{intake.name} has {intake.partitions} partitions and {state.name}"
+                f" {state.partitions}: a ticket's state must be in the partition of the same"
+                " number; the bridge refuses to start",
+                f"give both the same count (kafka-topics.sh --alter --topic {state.name}"
+                f" --partitions {intake.partitions}, if {state.name} has fewer)",
+            )
+        )
+
+    async def _transactions(self) -> None:
+        """What `apizee-bridge run` probes before it joins the intake group."""
+        item = "transactions"
+        prefix = f"{self.topics.prefix}.intake-*"
+        try:
+            async with asyncio.timeout(self.timeout * 2):
+                await probe_transactions(self.settings)
+        except TransactionalIdDeniedError as exc:
+            self._add(
+                _fail(
+                    item,
+                    str(exc),
+                    f"kafka-acls.sh --add --allow-principal {self.principal} --operation Write"
+                    f" --operation Describe --transactional-id {self.topics.prefix}.intake-"
+                    " --resource-pattern-type prefixed",
+                )
+            )
+        except TransactionsUnavailableError as exc:
+            self._add(_fail(item, str(exc), "see docs/exactly-once.md (Kafka, ACLs)"))
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self._add(
+                _fail(
+                    item,
+                    f"no answer to InitProducerId within {self.timeout * 2:g}s"
+                    f" ({type(exc).__name__}): a transaction coordinator may be down",
+                    "check that the brokers are healthy, then run `apizee-bridge check` again",
+                )
+            )
+        else:
+            self._add(_ok(item, f"InitProducerId answered; {self.principal} may use {prefix}"))
 
     # -- Apizee ----------------------------------------------------------------------------
 

@@ -9,12 +9,16 @@ import re
 
 import pytest
 from confluent_kafka.admin import (
+    AclBinding,
     AclOperation,
+    AclPermissionType,
     AdminClient,
     AlterConfigOpType,
     ConfigEntry,
     ConfigResource,
     NewTopic,
+    ResourcePatternType,
+    ResourceType,
 )
 
 from bridge.devtools.devbroker import TansuBroker, free_port
@@ -313,3 +317,124 @@ async def test_missing_webhook_auth_is_one_fail_line_and_the_rest_is_checked(
     for topic in topics:
         ran.line(f"OK    topic {topic}:")
     assert re.fullmatch(r"check: 1 of \d+ checks failed", ran.lines[-1]), ran
+
+
+def _provision_intake(
+    bootstrap: str, prefix: str, partitions: int, state: int, policy: str
+) -> None:
+    """exactly_once's intake topics as a platform team would create them (maybe wrongly)."""
+    topics = TopicNames(prefix)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    wanted = [
+        NewTopic(topics.intake, partitions, 1),
+        NewTopic(topics.intake_state, state, 1, config={"cleanup.policy": policy}),
+    ]
+    for future in admin.create_topics(wanted).values():
+        future.result()
+
+
+async def test_exactly_once_checks_the_intake_topics_group_and_transactions(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """What `run` needs for exactly_once: both intake topics (the state one compacted, both
+    read and written, the same partition count), the intake group, and transactions under
+    the intake's transactional-id prefix."""
+    _provision(kafka_bootstrap, topic_prefix, partitions=3)
+    _provision_intake(kafka_bootstrap, topic_prefix, 3, 3, "compact")
+    env = command_env(
+        kafka_bootstrap,
+        topic_prefix,
+        BRIDGE_KAFKA_TOPIC_PARTITIONS="3",
+        BRIDGE_DELIVERY_GUARANTEE="exactly_once",
+    )
+    ran = await run_cli("check", env=env)
+    print(f"\n{ran.stdout}")
+    assert ran.code == 0, ran
+    topics = TopicNames(topic_prefix)
+    assert "delivery exactly_once" in ran.line("OK    configuration:")
+    for topic in (topics.intake, topics.intake_state):
+        assert "may write and read" in ran.line(f"OK    topic {topic}:")
+    assert "cleanup.policy compact" in ran.line(f"OK    topic {topics.intake_state}:")
+    assert "partition owners join it" in ran.line(f"OK    consumer group {topic_prefix}.intake:")
+    line = ran.line("OK    transactions:")
+    assert f"may use {topic_prefix}.intake-*" in line, line
+
+    # Provisioned wrongly: the state topic not compacted, and fewer partitions than the
+    # intake (a ticket's state lives in the partition of the same number).
+    wrong = f"{topic_prefix}w"
+    _provision(kafka_bootstrap, wrong, partitions=3)
+    _provision_intake(kafka_bootstrap, wrong, 3, 2, "delete")
+    ran = await run_cli("check", env={**env, "BRIDGE_KAFKA_TOPIC_PREFIX": wrong})
+    print(f"\n{ran.stdout}")
+    assert ran.code == 1, ran
+    wrong_topics = TopicNames(wrong)
+    line = ran.line(f"FAIL  topic {wrong_topics.intake_state}:")
+    assert "cleanup.policy delete: the ticket state must be compacted" in line, line
+    line = ran.line("FAIL  exactly_once:")
+    assert f"{wrong_topics.intake} has 3 partitions and {wrong_topics.intake_state} 2" in line
+    assert "kafka-topics.sh --alter" in line
+
+
+async def test_exactly_once_on_tansu_fails_the_transactions_check(
+    tansu_broker: TansuBroker, topic_prefix: str
+) -> None:
+    bootstrap = tansu_broker.bootstrap_servers
+    env = command_env(
+        bootstrap,
+        topic_prefix,
+        BRIDGE_DELIVERY_GUARANTEE="exactly_once",
+        BRIDGE_KAFKA_PUBLISH_TIMEOUT_SECONDS="2",
+    )
+    ran = await run_cli("check", "--timeout", "5", env=env)
+    print(f"\n{ran.stdout}")
+    assert ran.code == 1, ran
+    line = ran.line("FAIL  transactions:")
+    assert "needs a Kafka cluster with transactions" in line, line
+    assert "tansu, the dev broker, has no transactions" in line, line
+
+
+async def test_exactly_once_without_rights_on_the_transactional_ids_is_named(
+    secured: Secured, topic_prefix: str
+) -> None:
+    secured.create_topics(topic_prefix, state=False)
+    secured.allow(
+        "bridge",
+        [AclOperation.WRITE, AclOperation.READ, AclOperation.DESCRIBE_CONFIGS],
+        topic_prefix=f"{topic_prefix}.",
+    )
+    env = secured.env(
+        topic_prefix,
+        "bridge",
+        BRIDGE_KAFKA_TOPIC_PARTITIONS="3",
+        BRIDGE_DELIVERY_GUARANTEE="exactly_once",
+    )
+    ran = await run_cli("check", env=env)
+    print(f"\n{ran.stdout}")
+    assert ran.code == 1, ran
+    line = ran.line("FAIL  transactions:")
+    assert f"may not use transactional ids {topic_prefix}.intake-*" in line, line
+    assert "grant Write and Describe on that transactional-id prefix" in line, line
+    fix = (
+        "Fix: kafka-acls.sh --add --allow-principal User:bridge --operation Write --operation"
+        f" Describe --transactional-id {topic_prefix}.intake- --resource-pattern-type prefixed"
+    )
+    assert fix in line, line
+
+    # Granted as the line says (through the Admin API): transactions pass.
+    bindings = [
+        AclBinding(
+            ResourceType.TRANSACTIONAL_ID,
+            f"{topic_prefix}.intake-",
+            ResourcePatternType.PREFIXED,
+            "User:bridge",
+            "*",
+            operation,
+            AclPermissionType.ALLOW,
+        )
+        for operation in (AclOperation.WRITE, AclOperation.DESCRIBE)
+    ]
+    admin = secured.admin()  # referenced until done
+    for future in admin.create_acls(bindings).values():
+        future.result()
+    ran = await run_cli("check", env=env)
+    assert f"may use {topic_prefix}.intake-*" in ran.line("OK    transactions:"), ran
