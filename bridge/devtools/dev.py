@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -278,14 +278,19 @@ def broker_wanted(flag: BrokerKind | None = None) -> BrokerKind | None:
     raise DevModeError(f"{BROKER_ENV}={raw!r}: expected kafka, tansu or auto")
 
 
-def kafka_missing() -> str | None:
-    """Why Apache Kafka cannot run here (no Java, no jars), or None when it can."""
+def _cannot_run(what: str, find_files: Callable[[], object]) -> str | None:
+    """Why the Java server `what` cannot run here (no Java, files missing), or None."""
     try:
-        java_executable("Apache Kafka")
-        kafka_libs()
+        java_executable(what)
+        find_files()
     except DevBrokerError as exc:
         return str(exc)
     return None
+
+
+def kafka_missing() -> str | None:
+    """Why Apache Kafka cannot run here (no Java, no jars), or None when it can."""
+    return _cannot_run("Apache Kafka", kafka_libs)
 
 
 def choose_broker(wanted: BrokerKind | None) -> tuple[BrokerKind, str | None]:
@@ -422,12 +427,7 @@ def _tansu_broker(run_dir: Path, reason: str | None) -> Iterator[LocalBroker]:
 
 def registry_missing() -> str | None:
     """Why the test registry cannot run here (no Java, jar not built), or None."""
-    try:
-        java_executable("the test schema registry")
-        registry_jar()
-    except DevBrokerError as exc:
-        return str(exc)
-    return None
+    return _cannot_run("the test schema registry", registry_jar)
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ import pytest
 
 from bridge.devtools.dev import kafka_missing, registry_missing
 from bridge.devtools.devbroker import free_port
-from tests.integration.commands.clikit import Ran
+from tests.integration.commands.clikit import Ran, finish
 
 pytestmark = pytest.mark.integration
 
@@ -345,16 +345,7 @@ async def _run_as_printed(source: str, command: str, within: float = COMMAND_TIM
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
-    try:
-        async with asyncio.timeout(within):
-            out, err = await process.communicate()
-    finally:
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-    assert process.returncode is not None
-    return Ran(process.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+    return await finish(process, within)
 
 
 def _one(commands: list[str], start: str) -> str:

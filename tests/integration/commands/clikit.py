@@ -56,6 +56,12 @@ async def run_cli(*args: str, env: Mapping[str, str], within: float = TIMEOUT) -
         env=dict(env),
         start_new_session=True,
     )
+    return await finish(process, within)
+
+
+async def finish(process: asyncio.subprocess.Process, within: float) -> Ran:
+    """A process started with pipes and a session of its own, to its end: its output read,
+    and its whole process group killed if it is not done within `within` seconds."""
     try:
         async with asyncio.timeout(within):
             out, err = await process.communicate()
@@ -65,7 +71,16 @@ async def run_cli(*args: str, env: Mapping[str, str], within: float = TIMEOUT) -
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
     assert process.returncode is not None
-    return Ran(process.returncode, out.decode(), err.decode())
+    return Ran(process.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+def kafka_only_env(bootstrap: str, prefix: str) -> dict[str, str]:
+    """command_env() without any webhook authentication: what the read-only commands need."""
+    return {
+        name: value
+        for name, value in command_env(bootstrap, prefix).items()
+        if not name.startswith("BRIDGE_AUTH_")
+    }
 
 
 @contextlib.asynccontextmanager

@@ -33,6 +33,7 @@ from tests.integration.commands.clikit import (
     Secured,
     cli_process,
     command_env,
+    kafka_only_env,
     run_cli,
 )
 from tests.integration.pollerkit import (
@@ -531,11 +532,7 @@ async def test_a_dry_run_needs_kafka_settings_alone(
 ) -> None:
     """replay serves no webhooks: no webhook auth method need be configured."""
     park(kafka_bootstrap, topic_prefix, [webhook_letter(501, 361)])
-    env = {
-        name: value
-        for name, value in command_env(kafka_bootstrap, topic_prefix).items()
-        if not name.startswith("BRIDGE_AUTH_")
-    }
+    env = kafka_only_env(kafka_bootstrap, topic_prefix)
     ran = await run_cli("replay", "--from", "dlq", "--dry-run", env=env)
     assert ran.code == 0, ran
     assert summary_of(ran)["would publish"] == 1, ran

@@ -23,7 +23,13 @@ from tests.integration.bridgeproc import (
     running_bridge,
     webhook,
 )
-from tests.integration.commands.clikit import Secured, cli_process, command_env, run_cli
+from tests.integration.commands.clikit import (
+    Secured,
+    cli_process,
+    command_env,
+    kafka_only_env,
+    run_cli,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -238,11 +244,7 @@ async def test_kafka_settings_alone_are_enough(kafka_bootstrap: str, topic_prefi
     """tail only reads Kafka: no webhook auth method need be configured."""
     async with running_bridge(bridge_settings(kafka_bootstrap, topic_prefix)) as bridge:
         await post_all(bridge, [webhook("ticket.new", event_id=100, ticket_id=361)])
-    env = {
-        name: value
-        for name, value in command_env(kafka_bootstrap, topic_prefix).items()
-        if not name.startswith("BRIDGE_AUTH_")
-    }
+    env = kafka_only_env(kafka_bootstrap, topic_prefix)
     ran = await run_cli("tail", "--from-beginning", "--count", "1", env=env)
     assert ran.code == 0, ran
     assert "key=361 ticket.new id=100 source=WEBHOOK" in ran.stdout, ran
